@@ -1,0 +1,26 @@
+"""layerwise: the deep-learning lifecycle on PyTorch, from a YAML file or a few lines of Python.
+
+>>> import layerwise
+>>> run = layerwise.train()                        # the embedded default: a CNN on bundled digits
+>>> run.evaluate()["accuracy"]                     # doctest: +SKIP
+>>> run = layerwise.load_run(run.path); run.predict(x)   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .config import ExperimentConfig, load_config  # noqa: E402
+from .errors import ConfigError, DataError, LayerwiseError, ModelError, RunError, TrainingDivergedError  # noqa: E402
+from .models import FAMILIES, LayerwiseModel, register_family  # noqa: E402
+from .data import SOURCES, DataSource, register_source  # noqa: E402
+from .tasks import TASKS, Task, register_task  # noqa: E402
+from .runs import Run, load_run, train  # noqa: E402
+from .cv import cross_validate  # noqa: E402
+
+__all__ = [
+    "__version__", "train", "load_run", "Run", "cross_validate", "load_config", "ExperimentConfig",
+    "LayerwiseError", "ConfigError", "DataError", "ModelError", "RunError", "TrainingDivergedError",
+    "FAMILIES", "LayerwiseModel", "register_family", "SOURCES", "DataSource", "register_source",
+    "TASKS", "Task", "register_task",
+]

@@ -1,0 +1,51 @@
+"""Data sources, the data spec models are built from, and batch loading.
+
+A source is one class registered with ``@register_source("name")``: a ``Config`` schema (its own
+keys beside the common ones of :class:`~layerwise.config.DataConfig`) and a ``read`` method that
+returns :class:`RawData`. Splitting and preprocessing are shared (``pipeline.build_bundle``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from .._registry import Registry
+from ..config import DataConfig
+from .spec import DataBundle, DataSpec, RawData, Split
+
+__all__ = ["SOURCES", "DataSource", "register_source", "load_data", "DataBundle", "DataSpec", "RawData", "Split"]
+
+SOURCES: Registry[type["DataSource"]] = Registry("data source", key="data.source")
+
+
+class DataSource:
+    """A place data comes from. Subclasses set ``Config`` and implement :meth:`read`."""
+
+    Config: ClassVar[type[DataConfig]] = DataConfig
+    description: ClassVar[str] = ""
+
+    def read(self, cfg: Any, task: str | None) -> RawData:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+def register_source(name: str):
+    """Class decorator adding a :class:`DataSource` under ``name``."""
+    return SOURCES.register(name)
+
+
+def load_data(cfg: DataConfig, task: str | None = None) -> DataBundle:
+    """Read, split and preprocess the data a config names.
+
+    >>> from layerwise.config import load_config
+    >>> bundle = load_data(load_config({"data": {"name": "iris"}, "model": {"family": "mlp"}}).data)
+    >>> bundle.spec.num_classes
+    3
+    """
+    from .pipeline import build_bundle
+
+    raw = SOURCES.get(cfg.source)().read(cfg, task)
+    return build_bundle(raw, cfg, task)
+
+
+# sources register themselves on import
+from . import builtin, idx, images, npz, tabular  # noqa: E402,F401

@@ -1,0 +1,72 @@
+"""A folder of images with one sub-folder per class (PNG/JPEG, read with Pillow)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import Field
+
+from ..config import DataConfig
+from ..errors import DataError
+from . import DataSource, register_source
+from .spec import RawData
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+class ImageFolderConfig(DataConfig):
+    source: Literal["image_folder"] = "image_folder"
+    path: str = Field(..., description="folder with one sub-folder of images per class")
+    image_size: tuple[int, int] | int = Field(32, description="resize every image to this (height, width)")
+    channels: Literal["auto", 1, 3] = Field("auto", description="1 (grayscale), 3 (RGB), or auto from the first image")
+
+
+def image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def load_images(files: list[Path], size: tuple[int, int], channels: int | str) -> np.ndarray:
+    """Decode, convert and resize images into one uint8 array (N, C, H, W)."""
+    from PIL import Image, UnidentifiedImageError
+
+    mode = None if channels == "auto" else ("L" if channels == 1 else "RGB")
+    out = []
+    for path in files:
+        try:
+            with Image.open(path) as img:
+                if mode is None:
+                    mode = "L" if img.mode in {"L", "1", "I;16", "I", "LA"} else "RGB"
+                img = img.convert(mode).resize((size[1], size[0]), Image.BILINEAR)
+                arr = np.asarray(img, dtype=np.uint8)
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            raise DataError(f"{path}: not a readable image ({type(exc).__name__}); remove or replace it") from None
+        out.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
+    return np.stack(out) if out else np.zeros((0, 1, *size), dtype=np.uint8)
+
+
+@register_source("image_folder")
+class ImageFolderSource(DataSource):
+    """root/class_a/*.png, root/class_b/*.jpg ...: the sub-folder names are the classes."""
+
+    Config = ImageFolderConfig
+    description = "one sub-folder of PNG/JPEG images per class, resized"
+
+    def read(self, cfg: ImageFolderConfig, task: str | None) -> RawData:
+        root = Path(cfg.path).expanduser()
+        if not root.is_dir():
+            raise DataError(f"data.path: folder not found: {root}; point it at a folder with one sub-folder per class")
+        classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if len(classes) < 2:
+            raise DataError(f"{root}: found {len(classes)} class sub-folder(s); an image folder needs one sub-folder per class, at least two")
+        size = (cfg.image_size, cfg.image_size) if isinstance(cfg.image_size, int) else tuple(cfg.image_size)
+        files, labels = [], []
+        for label, name in enumerate(classes):
+            found = image_files(root / name)
+            if not found:
+                raise DataError(f"{root / name}: class folder holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            files += found
+            labels += [label] * len(found)
+        pixels = load_images(files, size, cfg.channels)
+        return RawData("image", pixels, np.array(labels), target="class", class_names=classes, origin=str(root))

@@ -1,0 +1,241 @@
+"""From a source's raw data to model-ready splits: target inference, split, fitted preprocessing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import DataError
+from .preprocess import ImagePreprocessor, TabularPreprocessor, TargetScaler, numeric_or_junk, preprocessor_from_dict
+from .spec import DataBundle, DataSpec, RawData, Split
+
+__all__ = ["Preprocessing", "build_bundle", "infer_target", "split_indices"]
+
+MAX_INTEGER_CLASSES = 20  # an integer target with more distinct values is read as numeric
+
+
+class Preprocessing:
+    """Everything fitted on the training split: input preprocessing, class names, target scaling."""
+
+    def __init__(self, inputs: Any, target: str, classes: list | None = None, scaler: TargetScaler | None = None):
+        self.inputs = inputs  # TabularPreprocessor | ImagePreprocessor
+        self.target = target  # "class" | "numeric"
+        self.classes = classes  # original label values, index = class id
+        self.scaler = scaler
+
+    def encode_labels(self, y: np.ndarray, origin: str) -> np.ndarray:
+        if self.target == "numeric":
+            return self.scaler.transform(np.asarray(y, dtype=np.float64)) if self.scaler else y.astype(np.float32)
+        lookup = {_key(c): i for i, c in enumerate(self.classes)}
+        codes = np.array([lookup.get(_key(v), -1) for v in y.tolist()], dtype=np.int64)
+        if (codes < 0).any():
+            unseen = sorted({str(v) for v, c in zip(y.tolist(), codes) if c < 0})[:5]
+            raise DataError(
+                f"{origin}: label(s) {', '.join(unseen)} are out of range: the training labels are "
+                f"{', '.join(map(str, self.classes[:12]))}{'...' if len(self.classes) > 12 else ''}; fix or drop those rows"
+            )
+        return codes
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"inputs": self.inputs.to_dict(), "target": self.target,
+                "classes": None if self.classes is None else [_plain(c) for c in self.classes],
+                "scaler": None if self.scaler is None else {"mean": self.scaler.mean, "std": self.scaler.std}}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Preprocessing":
+        scaler = TargetScaler(**data["scaler"]) if data.get("scaler") else None
+        return cls(preprocessor_from_dict(data["inputs"]), data["target"], data.get("classes"), scaler)
+
+
+def _key(value: Any) -> str:
+    """Labels compare as text so that 1, 1.0, '1' and np.int64(1) are one class."""
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        value = int(value)
+    return str(value)
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def infer_target(y: np.ndarray, task: str | None, origin: str) -> str:
+    """'class' or 'numeric': from the task when given, else from the values themselves."""
+    if task == "classification":
+        return "class"
+    if task == "regression":
+        return "numeric"
+    if task is not None:
+        return "class"  # later tasks decide their own targets
+    if y.dtype.kind in "OUSb":
+        return "class"
+    if y.dtype.kind in "iu":
+        return "class" if len(np.unique(y)) <= MAX_INTEGER_CLASSES else "numeric"
+    finite = y[np.isfinite(y)] if y.dtype.kind == "f" else y
+    if y.dtype.kind == "f" and np.all(finite == np.round(finite)) and len(np.unique(finite)) <= MAX_INTEGER_CLASSES:
+        return "class"
+    return "numeric"
+
+
+def split_indices(n: int, labels: np.ndarray | None, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded split into (kept, held out), stratified by ``labels`` when every class can be."""
+    from sklearn.model_selection import train_test_split
+
+    index = np.arange(n)
+    if fraction <= 0:
+        return index, index[:0]
+    held = max(1, int(round(n * fraction)))
+    stratify = labels
+    if labels is not None:
+        _, counts = np.unique(labels, return_counts=True)
+        if counts.min() < 2 or held < len(counts) or n - held < len(counts):
+            stratify = None
+    kept, out = train_test_split(index, test_size=held, random_state=seed, shuffle=True, stratify=stratify)
+    return np.sort(kept), np.sort(out)
+
+
+def build_bundle(raw: RawData, cfg: Any, task: str | None) -> DataBundle:
+    """Split the raw data, fit preprocessing on the training part, and describe it in a spec."""
+    origin = raw.origin or cfg.source
+    y = np.asarray(raw.y)
+    if len(y) == 0:
+        raise DataError(f"{origin}: no samples found; check the path and its contents")
+    if len(y) != len(raw.x):
+        raise DataError(f"{origin}: {len(raw.x)} inputs but {len(y)} targets; they must match one to one")
+    target = raw.target or infer_target(y, task, origin)
+    if target == "class":
+        if task == "regression":
+            raise DataError(f"{origin}: task 'regression' needs a numeric target; these labels are text")
+        missing = _missing(y)
+        if missing.any():
+            raise DataError(f"{origin}: {int(missing.sum())} sample(s) have no label (first at row {int(np.argmax(missing))}); drop them")
+    else:
+        y = _numeric_target(y, origin)
+
+    # split: the source's own test set when it has one, else a stratified share
+    strat = y if target == "class" else None
+    if raw.x_test is not None:
+        rest_idx, test_idx = np.arange(len(y)), None
+    else:
+        rest_idx, test_idx = split_indices(len(y), strat, cfg.test_fraction, cfg.split_seed)
+    rest_strat = None if strat is None else strat[rest_idx]
+    keep, val = split_indices(len(rest_idx), rest_strat, cfg.val_fraction, cfg.split_seed + 1)
+    train_idx, val_idx = rest_idx[keep], rest_idx[val]
+    if cfg.limit:
+        train_idx = train_idx[: cfg.limit]
+
+    classes = None
+    scaler = None
+    if target == "class":
+        classes = _class_list(y[train_idx], raw.class_names)
+        if len(classes) < 2:
+            raise DataError(f"{origin}: the training split holds a single class ({classes[0]}); classification needs at least two")
+    else:
+        scaler = TargetScaler.fit(y[train_idx])
+
+    x_all = raw.x
+    if raw.kind == "tabular":
+        inputs = _fit_tabular(x_all, train_idx, cfg, origin)
+        encode = lambda frame: torch.from_numpy(inputs.transform(frame))  # noqa: E731
+        take = lambda frame, idx: frame.iloc[idx].reset_index(drop=True)  # noqa: E731
+        feature_names = inputs.feature_names
+        input_shape = (len(feature_names),)
+    elif raw.kind == "image":
+        pixels = torch.as_tensor(np.ascontiguousarray(x_all))
+        inputs = ImagePreprocessor(pixels.shape[1], tuple(pixels.shape[2:]), cfg.normalize,
+                                   cfg.augment.model_dump() if cfg.augment else None)
+        inputs.fit(pixels[torch.as_tensor(train_idx)])
+        encode = lambda arr: torch.as_tensor(np.ascontiguousarray(arr))  # noqa: E731
+        take = lambda arr, idx: arr[idx]  # noqa: E731
+        feature_names = None
+        input_shape = tuple(pixels.shape[1:])
+    else:
+        raise DataError(f"{origin}: unsupported input kind '{raw.kind}'")
+
+    pre = Preprocessing(inputs, target, classes, scaler)
+
+    def make(x, labels, where: str) -> Split:
+        return Split(encode(x), torch.as_tensor(pre.encode_labels(labels, f"{origin} ({where})")))
+
+    train = make(take(x_all, train_idx), y[train_idx], "train")
+    val_split = make(take(x_all, val_idx), y[val_idx], "val") if len(val_idx) else None
+    if raw.x_test is not None:
+        y_test = np.asarray(raw.y_test) if target == "class" else _numeric_target(np.asarray(raw.y_test), origin)
+        test = make(raw.x_test, y_test, "test")
+    else:
+        test = make(take(x_all, test_idx), y[test_idx], "test") if len(test_idx) else None
+
+    spec = DataSpec(
+        kind=raw.kind, input_shape=tuple(int(s) for s in input_shape), target=target,
+        num_classes=len(classes) if classes is not None else None,
+        class_names=[str(c) for c in classes] if classes is not None else None,
+        num_targets=None if target == "class" else (1 if y.ndim == 1 else y.shape[1]),
+        target_names=raw.target_names, feature_names=feature_names,
+        categorical=inputs.categorical_slots if raw.kind == "tabular" else [],
+    )
+    return DataBundle(spec, train, val_split, test, pre)
+
+
+def _missing(y: np.ndarray) -> np.ndarray:
+    if y.dtype.kind == "f":
+        return np.isnan(y)
+    if y.dtype.kind == "O":
+        return np.array([v is None or (isinstance(v, float) and v != v) or v == "" for v in y.tolist()])
+    return np.zeros(len(y), dtype=bool)
+
+
+def _numeric_target(y: np.ndarray, origin: str) -> np.ndarray:
+    if y.dtype.kind in "OUS":
+        import pandas as pd
+
+        parsed = numeric_or_junk(pd.Series(y), "target", origin)
+        if parsed is None:
+            raise DataError(f"{origin}: the target holds text; use task: classification or fix its values")
+        y = pd.to_numeric(pd.Series(y), errors="coerce").to_numpy()
+    y = y.astype(np.float64)
+    if not np.all(np.isfinite(y)):
+        bad = int(np.argmax(~np.isfinite(y.reshape(len(y), -1)).any(axis=1)))
+        raise DataError(f"{origin}: the target has missing or infinite values (first at row {bad}); drop those rows")
+    return y
+
+
+def _class_list(y_train: np.ndarray, names: list[str] | None) -> list:
+    values = sorted({_key(v) for v in y_train.tolist()}, key=_sort_key)
+    if names is not None and all(v.isdigit() for v in values):
+        # integer labels with names: keep every named class, even one absent from a small split
+        return list(range(len(names)))
+    return [_restore(v, y_train) for v in values]
+
+
+def _sort_key(text: str):
+    try:
+        return (0, float(text), text)
+    except ValueError:
+        return (1, 0.0, text)
+
+
+def _restore(text: str, y: np.ndarray):
+    if y.dtype.kind in "iuf":
+        return int(float(text))
+    if y.dtype.kind == "b":
+        return text == "True"
+    return text
+
+
+def _fit_tabular(frame, train_idx: np.ndarray, cfg: Any, origin: str) -> TabularPreprocessor:
+    categorical = list(getattr(cfg, "categorical_columns", None) or [])
+    numeric = []
+    for col in frame.columns:
+        if col in categorical:
+            continue
+        column = frame[col]
+        if column.dtype.kind in "iufb":
+            numeric.append(col)
+        elif numeric_or_junk(column, col, origin) is not None:
+            numeric.append(col)
+        else:
+            categorical.append(col)
+    pre = TabularPreprocessor(numeric, categorical, getattr(cfg, "categorical_encoding", "onehot"),
+                              getattr(cfg, "impute", "mean"), cfg.normalize, origin)
+    return pre.fit(frame.iloc[train_idx])

@@ -1,0 +1,241 @@
+"""Preprocessing fitted on the training split only, and saved with the run as plain JSON.
+
+A tabular preprocessor imputes, standardizes and encodes columns into a float matrix; an image
+preprocessor turns stored uint8 batches into normalized floats (on the device, per batch) and
+applies augmentation to training batches. Both record everything needed to process new inputs at
+prediction time, so a run directory alone can predict.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import DataError
+
+__all__ = ["TabularPreprocessor", "ImagePreprocessor", "TargetScaler", "preprocessor_from_dict", "numeric_or_junk"]
+
+MAX_ONEHOT_LEVELS = 50  # beyond this a one-hot column would dwarf the rest: use embeddings
+
+
+def numeric_or_junk(column, name: str, origin: str):
+    """Decide whether a text column is numeric with junk in it (an error) or categorical.
+
+    A column is called numeric-with-junk when at least 90% of its non-empty values parse as numbers
+    but some do not: that is almost always a data-entry problem, not a category.
+    """
+    import pandas as pd
+
+    values = column.dropna()
+    if len(values) == 0:
+        return None
+    parsed = pd.to_numeric(values, errors="coerce")
+    bad = parsed.isna()
+    if bad.any() and bad.mean() <= 0.1:
+        first = values[bad].iloc[0]
+        row = values[bad].index[0]
+        raise DataError(
+            f"{origin}: column '{name}' is numeric but has {int(bad.sum())} non-numeric value(s) "
+            f"(first: {first!r} at row {row}); clean them, or list the column in data.categorical_columns"
+        )
+    return parsed if not bad.any() else None
+
+
+class TabularPreprocessor:
+    """Impute, standardize and encode a DataFrame's columns (numeric and categorical)."""
+
+    kind = "tabular"
+
+    def __init__(self, numeric: list[str], categorical: list[str], encoding: str = "onehot",
+                 impute: str = "mean", normalize: bool = True, origin: str = "data"):
+        self.numeric = numeric
+        self.categorical = categorical
+        self.encoding = encoding
+        self.impute = impute
+        self.normalize = normalize
+        self.origin = origin
+        self.fill_: dict[str, float] = {}
+        self.mean_: dict[str, float] = {}
+        self.std_: dict[str, float] = {}
+        self.levels_: dict[str, list[str]] = {}
+
+    def fit(self, frame) -> "TabularPreprocessor":
+        for col in self.numeric:
+            values = self._numeric(frame, col)
+            finite = values[np.isfinite(values)]
+            if finite.size == 0:
+                raise DataError(f"{self.origin}: column '{col}' has no values in the training split; drop it from data.features")
+            fill = float(np.median(finite) if self.impute == "median" else finite.mean())
+            filled = np.where(np.isfinite(values), values, fill)
+            self.fill_[col] = fill
+            self.mean_[col] = float(filled.mean()) if self.normalize else 0.0
+            std = float(filled.std()) if self.normalize else 1.0
+            self.std_[col] = std if std > 1e-12 else 1.0
+        for col in self.categorical:
+            levels = sorted({str(v) for v in frame[col].dropna()})
+            self.levels_[col] = levels
+        return self
+
+    def _numeric(self, frame, col: str) -> np.ndarray:
+        import pandas as pd
+
+        if col not in frame.columns:
+            raise DataError(f"{self.origin}: column '{col}' is missing; the model was trained with it")
+        column = frame[col]
+        if column.dtype == object or str(column.dtype).startswith(("string", "str")):
+            parsed = numeric_or_junk(column, col, self.origin)
+            if parsed is None:
+                raise DataError(f"{self.origin}: column '{col}' should be numeric but holds text; fix its values")
+            column = pd.to_numeric(column, errors="coerce")
+        return column.to_numpy(dtype=np.float64, na_value=np.nan)
+
+    @property
+    def feature_names(self) -> list[str]:
+        names = list(self.numeric)
+        for col in self.categorical:
+            if self.encoding == "onehot":
+                names += [f"{col}={level}" for level in self.levels_[col]] + [f"{col}=<other>"]
+            else:
+                names.append(col)
+        return names
+
+    @property
+    def categorical_slots(self) -> list[tuple[int, int]]:
+        """(column position, cardinality incl. the unknown level) of embedding-encoded columns."""
+        if self.encoding != "embedding":
+            return []
+        start = len(self.numeric)
+        return [(start + i, len(self.levels_[c]) + 1) for i, c in enumerate(self.categorical)]
+
+    def transform(self, frame) -> np.ndarray:
+        blocks = []
+        for col in self.numeric:
+            values = self._numeric(frame, col)
+            values = np.where(np.isfinite(values), values, self.fill_[col])
+            blocks.append(((values - self.mean_[col]) / self.std_[col])[:, None])
+        for col in self.categorical:
+            if col not in frame.columns:
+                raise DataError(f"{self.origin}: column '{col}' is missing; the model was trained with it")
+            levels = self.levels_[col]
+            lookup = {level: i for i, level in enumerate(levels)}
+            # unseen and missing values go to one extra level, so new data never crashes
+            codes = np.array([lookup.get(str(v), len(levels)) if v == v and v is not None else len(levels)
+                              for v in frame[col].tolist()])
+            if self.encoding == "onehot":
+                blocks.append(np.eye(len(levels) + 1)[codes])
+            else:
+                blocks.append(codes[:, None].astype(np.float64))
+        if not blocks:
+            raise DataError(f"{self.origin}: no feature columns left; check data.features")
+        return np.concatenate(blocks, axis=1).astype(np.float32)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "tabular", "numeric": self.numeric, "categorical": self.categorical,
+                "encoding": self.encoding, "impute": self.impute, "normalize": self.normalize,
+                "fill": self.fill_, "mean": self.mean_, "std": self.std_, "levels": self.levels_}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TabularPreprocessor":
+        pre = cls(data["numeric"], data["categorical"], data["encoding"], data["impute"], data["normalize"])
+        pre.fill_, pre.mean_, pre.std_, pre.levels_ = data["fill"], data["mean"], data["std"], data["levels"]
+        return pre
+
+    def batch(self, x: torch.Tensor, train: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+        return x  # already float and standardized when stored
+
+
+class ImagePreprocessor:
+    """uint8 (N, C, H, W) → normalized float, with optional augmentation of training batches."""
+
+    kind = "image"
+
+    def __init__(self, channels: int, size: tuple[int, int], normalize: bool = True, augment: dict | None = None):
+        self.channels = channels
+        self.size = tuple(size)
+        self.normalize = normalize
+        self.augment = augment or None
+        self.mean_ = [0.0] * channels
+        self.std_ = [1.0] * channels
+
+    def fit(self, images: torch.Tensor) -> "ImagePreprocessor":
+        if self.normalize:
+            # statistics from a strided sample: exact enough and bounded in cost for big sets
+            sample = images[:: max(1, len(images) // 20000)].float().div_(255)
+            self.mean_ = sample.mean(dim=(0, 2, 3)).tolist()
+            self.std_ = [max(s, 1e-6) for s in sample.std(dim=(0, 2, 3)).tolist()]
+        return self
+
+    def batch(self, x: torch.Tensor, train: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Normalize a stored uint8 batch on its device; augment it when ``train``."""
+        x = x.float().div_(255)
+        if train and self.augment:
+            x = _augment(x, self.augment, generator)
+        mean = torch.tensor(self.mean_, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std_, device=x.device).view(1, -1, 1, 1)
+        x = (x - mean) / std
+        if train and self.augment and self.augment.get("noise"):
+            noise = torch.randn(x.shape, generator=generator).to(x.device)
+            x = x + self.augment["noise"] * noise
+        return x
+
+    def from_pixels(self, pixels: np.ndarray) -> torch.Tensor:
+        """uint8 images from any reader (N, C, H, W) → the model's normalized input."""
+        return self.batch(torch.as_tensor(pixels))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "image", "channels": self.channels, "size": list(self.size), "normalize": self.normalize,
+                "augment": self.augment, "mean": self.mean_, "std": self.std_}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ImagePreprocessor":
+        pre = cls(data["channels"], tuple(data["size"]), data["normalize"], data.get("augment"))
+        pre.mean_, pre.std_ = data["mean"], data["std"]
+        return pre
+
+
+def _augment(x: torch.Tensor, cfg: dict, generator: torch.Generator | None) -> torch.Tensor:
+    """Random shift, rotation, zoom and flip of a batch in one affine resampling (vectorized)."""
+    n = x.shape[0]
+
+    def uniform(limit: float) -> torch.Tensor:
+        return (torch.rand(n, generator=generator) * 2 - 1) * limit
+
+    angle = uniform(math.radians(cfg.get("rotation", 0.0)))
+    scale = 1 + uniform(cfg.get("scale", 0.0))
+    shift = torch.stack([uniform(cfg.get("shift", 0.0)), uniform(cfg.get("shift", 0.0))], dim=1) * 2
+    flip = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0) if cfg.get("flip") else torch.ones(n)
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos * flip, -sin, shift[:, 0]], 1),
+                         torch.stack([sin * flip, cos, shift[:, 1]], 1)], 1).to(x.device, x.dtype)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+class TargetScaler:
+    """Standardizes regression targets on the training split; predictions are scaled back."""
+
+    def __init__(self, mean: list[float], std: list[float]):
+        self.mean = mean
+        self.std = std
+
+    @classmethod
+    def fit(cls, y: np.ndarray) -> "TargetScaler":
+        y = y.reshape(len(y), -1)
+        std = y.std(axis=0)
+        return cls(y.mean(axis=0).tolist(), np.where(std > 1e-12, std, 1.0).tolist())
+
+    def transform(self, y: np.ndarray) -> np.ndarray:
+        return ((y.reshape(len(y), -1) - np.array(self.mean)) / np.array(self.std)).astype(np.float32)
+
+    def inverse(self, y: torch.Tensor) -> torch.Tensor:
+        mean = torch.tensor(self.mean, device=y.device, dtype=y.dtype)
+        std = torch.tensor(self.std, device=y.device, dtype=y.dtype)
+        return y * std + mean
+
+
+def preprocessor_from_dict(data: dict[str, Any]):
+    return {"tabular": TabularPreprocessor, "image": ImagePreprocessor}[data["kind"]].from_dict(data)

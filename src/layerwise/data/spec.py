@@ -1,0 +1,103 @@
+"""What a model is told about its data, and what a source hands to the pipeline."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+__all__ = ["DataSpec", "RawData", "Split", "DataBundle"]
+
+InputKind = Literal["tabular", "image"]
+
+
+@dataclass
+class DataSpec:
+    """The contract between data and models: input kind and shape, targets, names.
+
+    Later input kinds (``sequence``, ``text``) add values of ``kind``; models declare which kinds
+    they accept.
+    """
+
+    kind: str  # "tabular" | "image" | ...
+    input_shape: tuple[int, ...]  # one sample, without the batch dimension: (C, H, W) or (F,)
+    target: Literal["class", "numeric"]
+    num_classes: int | None = None
+    class_names: list[str] | None = None
+    num_targets: int | None = None
+    target_names: list[str] | None = None
+    feature_names: list[str] | None = None
+    # tabular inputs encoded as embedding indices: (column position, cardinality) per column
+    categorical: list[tuple[int, int]] = field(default_factory=list)
+
+    @property
+    def num_outputs(self) -> int:
+        return int(self.num_classes if self.target == "class" else self.num_targets)  # type: ignore[arg-type]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["input_shape"] = list(self.input_shape)
+        data["categorical"] = [list(c) for c in self.categorical]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "DataSpec":
+        data = dict(data)
+        data["input_shape"] = tuple(data["input_shape"])
+        data["categorical"] = [tuple(c) for c in data.get("categorical", [])]
+        return cls(**data)
+
+
+@dataclass
+class RawData:
+    """What a source reads, before splitting and preprocessing.
+
+    ``x`` is a pandas DataFrame for tabular data or a uint8 array (N, C, H, W) for images; ``y`` a
+    1-D array of labels or values (or 2-D for several numeric targets).
+    """
+
+    kind: str
+    x: Any
+    y: np.ndarray
+    x_test: Any = None
+    y_test: np.ndarray | None = None
+    target: Literal["class", "numeric"] | None = None  # None: inferred from y
+    class_names: list[str] | None = None  # for integer labels with known names
+    target_names: list[str] | None = None
+    origin: str = ""  # for messages: the file or data set it came from
+
+
+@dataclass
+class Split:
+    """One split, stored compactly (images stay uint8 until a batch is drawn)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def subset(self, index: np.ndarray | torch.Tensor) -> "Split":
+        index = torch.as_tensor(index, dtype=torch.long)
+        return Split(self.x[index], self.y[index])
+
+
+@dataclass
+class DataBundle:
+    """Train/val/test splits, the spec, and the fitted preprocessing that produced them."""
+
+    spec: DataSpec
+    train: Split
+    val: Split | None
+    test: Split | None
+    preprocessor: Any  # layerwise.data.preprocess.Preprocessor
+
+    def split(self, name: str) -> Split:
+        part = getattr(self, name)
+        if part is None or len(part) == 0:
+            from ..errors import DataError
+
+            raise DataError(f"the data has no '{name}' split; set data.val_fraction/test_fraction above 0")
+        return part

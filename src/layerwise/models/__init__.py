@@ -1,0 +1,134 @@
+"""Model families, the contract they obey, and the registry that builds them.
+
+A family is one file with one class decorated by ``@register_family("name")``. The class declares
+the input kinds it accepts and a pydantic ``Config`` of its hyperparameters; its constructor takes
+``(config, spec)``. Every family splits ``forward`` into ``forward_features`` and ``forward_head``,
+so explanation, compression, export and fine-tuning work on any model without per-family branches.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from .._registry import Registry
+from ..config import ModelConfig
+from ..data.spec import DataSpec
+from ..errors import ModelError
+
+__all__ = ["FAMILIES", "LayerwiseModel", "register_family", "build_model", "wrap_module", "describe_family"]
+
+FAMILIES: Registry[type["LayerwiseModel"]] = Registry("model family", key="model.family")
+
+
+class LayerwiseModel(nn.Module):
+    """The model contract: ``forward(x) == forward_head(forward_features(x))``.
+
+    Subclasses set ``accepts`` (input kinds) and ``Config``, build ``self.head`` as the last layer
+    mapping ``num_features`` to ``spec.num_outputs``, and implement ``forward_features``.
+    """
+
+    family: ClassVar[str] = ""
+    accepts: ClassVar[frozenset[str]] = frozenset()
+    Config: ClassVar[type[ModelConfig]] = ModelConfig
+
+    def __init__(self, config: ModelConfig, spec: DataSpec):
+        super().__init__()
+        self.config = config
+        self.spec = spec
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    @property
+    def num_features(self) -> int:
+        return self.head.in_features
+
+    def reset_head(self, num_outputs: int) -> None:
+        """Replace the output layer (fine-tuning on a new label set)."""
+        self.head = nn.Linear(self.num_features, num_outputs).to(next(self.parameters()).device)
+
+
+def register_family(name: str):
+    """Class decorator adding a :class:`LayerwiseModel` family under ``name``."""
+
+    def add(cls):
+        cls.family = name
+        return FAMILIES.register(name)(cls)
+
+    return add
+
+
+def families_accepting(kind: str) -> list[str]:
+    return [name for name, cls in FAMILIES.items() if kind in cls.accepts]
+
+
+def build_model(config: ModelConfig, spec: DataSpec) -> LayerwiseModel:
+    """Build the family a config names, checking it accepts the data and produces the right shape."""
+    cls = FAMILIES.get(config.family)
+    if cls.accepts and spec.kind not in cls.accepts:
+        raise ModelError(
+            f"model.family: '{config.family}' does not accept {spec.kind} inputs; families that do: "
+            f"{', '.join(families_accepting(spec.kind))}"
+        )
+    model = cls(config, spec)
+    check_output_shape(model, spec, f"model.family '{config.family}'")
+    return model
+
+
+def check_output_shape(model: nn.Module, spec: DataSpec, what: str) -> None:
+    """One dry forward pass on zeros: catch a model/data mismatch before training starts."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(2, *spec.input_shape))
+    except Exception as exc:  # a user's module can fail in any way; name it and the input it got
+        raise ModelError(
+            f"{what} fails on inputs of shape (batch, {', '.join(map(str, spec.input_shape))}): "
+            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}; make the model accept this input shape"
+        ) from None
+    finally:
+        model.train(was_training)
+    expected = (2, spec.num_outputs)
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != expected:
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ModelError(f"{what} returns {got} for a batch of 2; expected (batch, {spec.num_outputs}) for this data")
+
+
+def wrap_module(module: nn.Module, spec: DataSpec, target: str | None = None) -> LayerwiseModel:
+    """Bring a user's own ``nn.Module`` under the contract (its whole body counts as features)."""
+    from .python import ExternalModel
+
+    if isinstance(module, LayerwiseModel):
+        check_output_shape(module, spec, type(module).__name__)
+        return module
+    if not isinstance(module, nn.Module):
+        raise ModelError(f"model: expected a torch.nn.Module; received {type(module).__name__}")
+    wrapped = ExternalModel.around(module, spec, target)
+    check_output_shape(wrapped, spec, type(module).__name__)
+    return wrapped
+
+
+def describe_family(name: str) -> dict[str, Any]:
+    """Name, accepted inputs, summary and hyperparameters with defaults, for `layerwise models`."""
+    cls = FAMILIES.get(name)
+    params = {}
+    for key, field in cls.Config.model_fields.items():
+        if key == "family":
+            continue
+        default = None if field.is_required() else field.get_default(call_default_factory=True)
+        params[key] = {"default": default, "required": field.is_required(), "description": field.description or ""}
+    doc = (cls.__doc__ or "").strip().splitlines()
+    return {"family": name, "accepts": sorted(cls.accepts), "summary": doc[0] if doc else "", "params": params}
+
+
+from . import cnn, mlp, python, resnet  # noqa: E402,F401  (families register on import)

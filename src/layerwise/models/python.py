@@ -1,0 +1,106 @@
+"""Bring your own ``nn.Module``: a class from a Python file or module, trained by the same loop.
+
+``model: {family: python, target: "my_module.py:MyNet", args: {hidden: 64}}``. Constructor
+parameters named ``spec``, ``num_outputs``, ``num_classes`` or ``input_shape`` are filled from the
+data when ``args`` does not set them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from ..config import ModelConfig
+from ..errors import ModelError
+from . import LayerwiseModel, register_family
+
+
+class PythonConfig(ModelConfig):
+    family: Literal["python"] = "python"
+    target: str = Field(..., description="'path/to/file.py:ClassName' or 'package.module:ClassName'")
+    args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the constructor")
+
+
+def load_class(target: str) -> type:
+    """Import ``file.py:Name`` or ``package.module:Name``, with one-line errors."""
+    where, sep, name = target.rpartition(":")
+    if not sep or not where or not name:
+        raise ModelError(f"model.target: expected 'file.py:ClassName' or 'module:ClassName'; received {target!r}")
+    if where.endswith(".py"):
+        path = Path(where).expanduser().resolve()
+        if not path.is_file():
+            raise ModelError(f"model.target: file not found: {path}")
+        module_name = f"layerwise_user_{path.stem}_{abs(hash(str(path)))}"
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            raise ModelError(f"model.target: importing {path} failed: {type(exc).__name__}: {exc}") from None
+    else:
+        try:
+            module = importlib.import_module(where)
+        except ImportError as exc:
+            raise ModelError(f"model.target: cannot import module '{where}': {exc}") from None
+    cls = getattr(module, name, None)
+    if cls is None:
+        raise ModelError(f"model.target: '{where}' has no attribute '{name}'")
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise ModelError(f"model.target: '{name}' is not a torch.nn.Module subclass")
+    return cls
+
+
+def _fill_from_spec(cls: type, args: dict[str, Any], spec) -> dict[str, Any]:
+    params = inspect.signature(cls).parameters
+    known = {"spec": spec, "num_outputs": spec.num_outputs, "num_classes": spec.num_outputs,
+             "input_shape": tuple(spec.input_shape)}
+    filled = dict(args)
+    for key, value in known.items():
+        if key in params and key not in filled:
+            filled[key] = value
+    return filled
+
+
+@register_family("python")
+class ExternalModel(LayerwiseModel):
+    """A user's own nn.Module; the whole module counts as the feature extractor."""
+
+    accepts = frozenset()  # any input kind: the user's module decides
+    Config = PythonConfig
+
+    def __init__(self, config: PythonConfig, spec, module: nn.Module | None = None):
+        super().__init__(config, spec)
+        if module is None:
+            cls = load_class(config.target)
+            args = _fill_from_spec(cls, config.args, spec)
+            try:
+                module = cls(**args)
+            except TypeError as exc:
+                raise ModelError(f"model.args: {cls.__name__}({', '.join(args)}) failed: {exc}") from None
+        self.module = module
+        self.head = nn.Identity()
+
+    @classmethod
+    def around(cls, module: nn.Module, spec, target: str | None = None) -> "ExternalModel":
+        qualname = target or f"{type(module).__module__}:{type(module).__qualname__}"
+        config = PythonConfig(target=qualname)
+        return cls(config, spec, module=module)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(x)
+
+    @property
+    def num_features(self) -> int:
+        return self.spec.num_outputs
+
+    def reset_head(self, num_outputs: int) -> None:
+        raise ModelError("a user module's head cannot be replaced generically; change num_outputs in its own code")

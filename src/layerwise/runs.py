@@ -1,0 +1,341 @@
+"""Runs: training an experiment into a run directory, and loading one back.
+
+A run directory holds everything needed to evaluate, predict and report without the original
+code or data: the resolved ``config.yaml``, ``data.json`` (the data spec and the preprocessing
+fitted on the training split), ``model.safetensors`` (weights plus metadata; never pickle),
+``checkpoints/``, ``history.csv``, ``metrics.json`` and ``report.html``.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import torch
+
+from . import __version__
+from .config import ExperimentConfig, load_config
+from .data import DataBundle, load_data
+from .data.loader import BatchLoader
+from .data.pipeline import Preprocessing
+from .data.spec import DataSpec
+from .errors import ConfigError, LayerwiseError, RunError
+from .evaluate import EvalResult, evaluate_model
+from .models import FAMILIES, LayerwiseModel, build_model, wrap_module
+from .tasks import TASKS, infer_task
+from .train import (Callback, Checkpoint, EarlyStopping, EpochPrinter, HistoryCSV, ProgressBar, Trainer,
+                    resolve_device, seed_everything)
+from .train.checkpoint import atomic_write
+
+__all__ = ["Run", "train", "load_run", "prepare", "prepare_bundle"]
+
+
+class Prepared:
+    """A validated experiment with its data, task and model built, before any file is written."""
+
+    def __init__(self, config: ExperimentConfig, bundle: DataBundle, task, model: LayerwiseModel):
+        self.config, self.bundle, self.task, self.model = config, bundle, task, model
+
+
+def prepare(config: ExperimentConfig, model: torch.nn.Module | None = None) -> Prepared:
+    """Load data, pick the task, build the model: everything that can fail on bad input."""
+    seed_everything(config.train.seed)
+    return prepare_bundle(config, load_data(config.data, config.task), model)
+
+
+def prepare_bundle(config: ExperimentConfig, bundle: DataBundle, model: torch.nn.Module | None = None) -> Prepared:
+    """Pick the task and build the model for data already loaded (cross-validation folds too)."""
+    family_cls = FAMILIES.get(config.model.family)
+    task_name = config.task or infer_task(bundle.spec, family_cls)
+    task_cls = TASKS.get(task_name)
+    if task_cls.target != bundle.spec.target:
+        raise ConfigError(f"task: '{task_name}' needs a {'numeric' if task_cls.target == 'numeric' else 'class'} "
+                          f"target, but the data's target is {bundle.spec.target}; change task or data.target")
+    config = config.model_copy(update={"task": task_name})
+    task = task_cls(bundle.spec, config.train, bundle.preprocessor, bundle.train.y)
+    seed_everything(config.train.seed)  # weights do not depend on how much randomness loading used
+    net = wrap_module(model, bundle.spec) if model is not None else build_model(config.model, bundle.spec)
+    if model is not None:
+        config = config.model_copy(update={"model": net.config})
+    _check_monitors(config, task)
+    return Prepared(config, bundle, task, net)
+
+
+def _check_monitors(config: ExperimentConfig, task) -> None:
+    es = config.train.early_stopping
+    if es is None:
+        return
+    known = ["loss", task.main_metric, *task.greater_is_better]
+    base = es.monitor.split("_", 1)[1] if es.monitor.startswith(("val_", "train_")) else None
+    if base is None or base not in known or (es.monitor.startswith("train_") and base not in ("loss", task.main_metric)):
+        raise ConfigError(f"train.early_stopping.monitor: '{es.monitor}' is not a logged metric; "
+                          f"use val_loss, val_{task.main_metric} or train_loss")
+    if config.data.val_fraction == 0 and es.monitor.startswith("val_"):
+        raise ConfigError("train.early_stopping.monitor: watches a validation metric but data.val_fraction is 0")
+
+
+def loaders(bundle: DataBundle, cfg: ExperimentConfig, device: torch.device):
+    """Training loader (shuffled, augmented, maybe weighted) and a validation loader."""
+    weights = None
+    if cfg.data.sampler == "weighted":
+        if bundle.spec.target != "class":
+            raise ConfigError("data.sampler: 'weighted' needs class labels; use 'random' for regression")
+        counts = torch.bincount(bundle.train.y, minlength=bundle.spec.num_classes).float().clamp_(min=1)
+        weights = (1.0 / counts)[bundle.train.y]
+    transform = bundle.preprocessor.inputs.batch
+    train = BatchLoader(bundle.train, cfg.train.batch_size, shuffle=True, seed=cfg.train.seed, transform=transform,
+                        train=True, weights=weights, device=device)
+    val = None
+    if bundle.val is not None and len(bundle.val):
+        val = BatchLoader(bundle.val, cfg.evaluate.batch_size, transform=transform, device=device)
+    return train, val
+
+
+def _new_run_dir(runs_dir: Path, name: str) -> Path:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = runs_dir / f"{name}-{stamp}"
+    n = 2
+    while path.exists():
+        path = runs_dir / f"{name}-{stamp}-{n}"
+        n += 1
+    return path
+
+
+def _write_json(path: Path, data: Any) -> None:
+    text = json.dumps(data, indent=2, default=_json_default)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def _json_default(obj):
+    if isinstance(obj, (np.generic,)):
+        return obj.item()
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    if isinstance(obj, tuple):
+        return list(obj)
+    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+
+
+def save_model(path: Path, model: LayerwiseModel, config: ExperimentConfig, spec: DataSpec) -> None:
+    """Weights in safetensors with the metadata needed to rebuild the model."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    # safetensors refuses shared storage; clone tensors that alias another (tied weights)
+    seen: dict[int, str] = {}
+    for k, v in tensors.items():
+        ptr = v.untyped_storage().data_ptr() if v.numel() else -id(v)
+        if ptr in seen:
+            tensors[k] = v.clone()
+        seen[ptr] = k
+    metadata = {"format": "layerwise", "layerwise_version": __version__, "family": model.config.family,
+                "model_config": json.dumps(model.config.model_dump(mode="json")),
+                "task": config.task or "", "spec": json.dumps(spec.to_dict())}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def train(config: str | Path | Mapping[str, Any] | ExperimentConfig | None = None, *,
+          model: torch.nn.Module | None = None, runs_dir: str | Path = "runs", resume: str | Path | None = None,
+          callbacks: Iterable[Callback] = (), quiet: bool = False, overrides: Iterable[str] | None = None,
+          **kwargs: Any) -> "Run":
+    """Train an experiment and return its :class:`Run`.
+
+    ``config`` is a YAML path, a dict, an :class:`ExperimentConfig` or None (the embedded default:
+    a CNN on the bundled digits). Keyword overrides use dots or double underscores:
+
+    >>> run = layerwise.train("examples/iris.yaml", train__epochs=5)          # doctest: +SKIP
+    >>> run = layerwise.train({"data": {"name": "iris"}, "model": {"family": "mlp"}})  # doctest: +SKIP
+    >>> run = layerwise.train(resume="runs/iris-20260101-120000")               # doctest: +SKIP
+    """
+    from rich.console import Console
+
+    console = Console(stderr=True, quiet=quiet)
+    extra = dict(kwargs)
+    if overrides:
+        from .config import parse_override
+
+        extra.update(dict(parse_override(o) for o in overrides))
+    if resume is not None:
+        run_dir = Path(resume)
+        if not (run_dir / "config.yaml").is_file():
+            raise RunError(f"--resume: {run_dir} is not a run directory (no config.yaml)")
+        cfg = load_config(run_dir / "config.yaml", extra or None)
+        checkpoint = run_dir / "checkpoints" / "last.pt"
+        if not checkpoint.is_file():
+            raise RunError(f"--resume: {run_dir} has no checkpoint yet; start the experiment again instead")
+    else:
+        cfg = load_config(config, extra or None)
+        checkpoint = None
+    prepared = prepare(cfg, model)
+    cfg, bundle, task, net = prepared.config, prepared.bundle, prepared.task, prepared.model
+    device = resolve_device(cfg.train.device)
+    train_loader, val_loader = loaders(bundle, cfg, device)
+
+    if resume is None:
+        run_dir = _new_run_dir(Path(runs_dir), cfg.name)
+        run_dir.mkdir(parents=True)
+        atomic_write(run_dir / "config.yaml", lambda tmp: Path(tmp).write_text(cfg.to_yaml()))
+        _write_json(run_dir / "data.json", {"spec": bundle.spec.to_dict(), "preprocessing": bundle.preprocessor.to_dict()})
+        if model is not None and cfg.model.family == "python":
+            console.print(f"[dim]user module {cfg.model.target}: load_run needs it importable to rebuild[/dim]")
+
+    cbs: list[Callback] = [ProgressBar(console) if cfg.train.progress and not quiet else Callback(),
+                           EpochPrinter(console) if not quiet else Callback(),
+                           HistoryCSV(run_dir / "history.csv"),
+                           Checkpoint(run_dir / "checkpoints", cfg.train.checkpoint_every)]
+    if cfg.train.early_stopping is not None:
+        es = cfg.train.early_stopping
+        cbs.insert(0, EarlyStopping(es.monitor, es.patience, es.mode, es.min_delta, es.restore_best))
+    cbs += list(callbacks)
+    trainer = Trainer(net, task, cfg.train, callbacks=cbs, device=device, eval_cfg=cfg.evaluate)
+    if checkpoint is not None:
+        trainer.resume_from(checkpoint)
+    console.print(f"[bold]{cfg.name}[/bold]: {cfg.model.family} on {bundle.spec.kind} data "
+                  f"({len(bundle.train)} train / {len(bundle.val) if bundle.val else 0} val / "
+                  f"{len(bundle.test) if bundle.test else 0} test), task {cfg.task}, device {device}", highlight=False)
+    started = time.perf_counter()
+    try:
+        trainer.fit(train_loader, val_loader)
+    except LayerwiseError:
+        if resume is None and not (run_dir / "checkpoints" / "last.pt").exists():
+            shutil.rmtree(run_dir, ignore_errors=True)  # nothing worth keeping: no half-written run
+        raise
+    duration = time.perf_counter() - started
+
+    save_model(run_dir / "model.safetensors", net, cfg, bundle.spec)
+    run = Run(run_dir)
+    run._model = net
+    split = cfg.evaluate.split if getattr(bundle, cfg.evaluate.split) is not None else "val"
+    result = run._evaluate_split(bundle, split, device)
+    training = {"duration_s": duration, "device": str(device), "epochs_run": trainer.epoch,
+                "steps": trainer.global_step, "stop_reason": trainer.stop_reason or "completed",
+                "restored_best_epoch": trainer.restored_epoch,
+                "parameters": sum(p.numel() for p in net.parameters()), "layerwise_version": __version__,
+                "torch_version": torch.__version__}
+    metrics = {"split": split, "metrics": dict(result), "details": result.details, "training": training}
+    _write_json(run_dir / "metrics.json", metrics)
+    run.report()
+    return run
+
+
+class Run:
+    """A trained run, loaded from its directory. Use :func:`load_run` or the result of :func:`train`."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not (self.path / "config.yaml").is_file() or not (self.path / "data.json").is_file():
+            raise RunError(f"{self.path} is not a run directory (config.yaml or data.json missing)")
+        self.config = load_config(self.path / "config.yaml")
+        data = json.loads((self.path / "data.json").read_text())
+        self.spec = DataSpec.from_dict(data["spec"])
+        self.preprocessing = Preprocessing.from_dict(data["preprocessing"])
+        self._model: LayerwiseModel | None = None
+        self._task = None
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r})"
+
+    # -- loaded state ------------------------------------------------------------------------
+    @property
+    def task(self):
+        if self._task is None:
+            self._task = TASKS.get(self.config.task)(self.spec, self.config.train, self.preprocessing, None)
+        return self._task
+
+    @property
+    def model(self) -> LayerwiseModel:
+        if self._model is None:
+            self._model = self.load_model()
+        return self._model
+
+    def load_model(self, module: torch.nn.Module | None = None) -> LayerwiseModel:
+        """Rebuild the model and load its weights (``module``: a user module to load them into)."""
+        from safetensors.torch import load_file
+
+        weights = self.path / "model.safetensors"
+        if not weights.is_file():
+            raise RunError(f"{self.path}: model.safetensors is missing; the run did not finish (resume it with --resume)")
+        net = wrap_module(module, self.spec) if module is not None else build_model(self.config.model, self.spec)
+        net.load_state_dict(load_file(weights))
+        net.eval()
+        return net
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        path = self.path / "history.csv"
+        if not path.is_file():
+            return []
+        with open(path, newline="") as fh:
+            return [{k: _num(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        path = self.path / "metrics.json"
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+    # -- actions -----------------------------------------------------------------------------
+    def _evaluate_split(self, bundle: DataBundle, split: str, device=None) -> EvalResult:
+        device = device or resolve_device(self.config.train.device)
+        model = self.model.to(device)
+        loader = BatchLoader(bundle.split(split), self.config.evaluate.batch_size,
+                             transform=self.preprocessing.inputs.batch, device=device)
+        return evaluate_model(model, self.task, loader, self.config.evaluate,
+                              keep_misclassified=self.config.evaluate.misclassified,
+                              precision=self.config.train.precision)
+
+    def evaluate(self, data: str | Path | None = None, split: str = "test") -> EvalResult:
+        """Score the model on one of its splits, or on another labelled file or folder (``data``)."""
+        if data is None:
+            bundle = load_data(self.config.data, self.config.task)
+            return self._evaluate_split(bundle, split)
+        from .inputs import read_inputs
+
+        inputs = read_inputs(data, self, need_labels=True)
+        device = resolve_device(self.config.train.device)
+        loader = BatchLoader(inputs.split, self.config.evaluate.batch_size,
+                             transform=self.preprocessing.inputs.batch, device=device)
+        return evaluate_model(self.model.to(device), self.task, loader, self.config.evaluate,
+                              precision=self.config.train.precision)
+
+    def predict(self, x: Any) -> dict[str, np.ndarray]:
+        """Predict for inputs: a path (CSV, Parquet, NPZ, image or folder of images), a DataFrame,
+        or an array of raw inputs (uint8 images (N, C, H, W) / a feature matrix).
+
+        Returns ``label`` and ``proba`` (classification) or ``value`` (regression), and ``ids``.
+        """
+        from .inputs import predict_inputs
+
+        return predict_inputs(self, x)
+
+    def predict_to_csv(self, x: Any, out: str | Path) -> Path:
+        from .inputs import write_predictions
+
+        return write_predictions(self, self.predict(x), Path(out))
+
+    def report(self) -> Path:
+        """(Re)write ``report.html`` and return its path."""
+        from .report import write_report
+
+        return write_report(self)
+
+
+def _num(text: str) -> Any:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return text
+    return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value
+
+
+def load_run(path: str | Path) -> Run:
+    """Load a run directory: ``run = load_run("runs/digits-20261122-101500"); run.predict(x)``."""
+    path = Path(path)
+    if not path.exists():
+        raise RunError(f"run directory not found: {path}")
+    return Run(path)

@@ -1,0 +1,114 @@
+"""Tasks: what a model's outputs mean, the loss that trains them, the step the loop runs, and the
+metrics that score them.
+
+The training loop knows nothing of losses: it calls ``task.training_step`` and, for tasks with
+``manual_optimization = False`` (the default), does the backward pass and optimizer step itself.
+Tasks with their own optimization logic (a GAN's two optimizers, for instance) set
+``manual_optimization = True``, declare their optimizers in ``configure_optimizers`` and drive them
+through the :class:`StepContext` the loop hands them, keeping accumulation, clipping, precision
+and checkpointing in the one loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+
+from .._registry import Registry
+
+if TYPE_CHECKING:
+    from ..train.trainer import StepContext
+
+__all__ = ["TASKS", "Task", "StepOutput", "register_task", "infer_task", "metric_mode"]
+
+TASKS: Registry[type["Task"]] = Registry("task", key="task")
+
+
+@dataclass
+class StepOutput:
+    """What a training or evaluation step returns.
+
+    ``loss`` is a *sum* over the batch and ``count`` its normalizer (samples, or total class weight):
+    the loop divides the accumulated sum by the accumulated count, so gradient accumulation gives
+    exactly the large-batch loss even when micro-batches differ in size.
+    """
+
+    loss: torch.Tensor
+    count: torch.Tensor | float
+    outputs: torch.Tensor | None = None
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)  # per-batch sums, e.g. correct predictions
+
+
+class Task:
+    """Base class: a loss, a step, predictions and metrics for one kind of target."""
+
+    target: ClassVar[str] = "class"  # the data target it needs: "class" or "numeric"
+    manual_optimization: ClassVar[bool] = False
+    main_metric: ClassVar[str] = "loss"  # shown beside the loss in progress and history
+    greater_is_better: ClassVar[dict[str, bool]] = {}
+
+    def __init__(self, spec, train_cfg, preprocessing, train_labels: torch.Tensor | None = None):
+        self.spec = spec
+        self.train_cfg = train_cfg
+        self.preprocessing = preprocessing
+
+    # -- optimization -------------------------------------------------------------------------
+    def configure_optimizers(self, model: torch.nn.Module) -> dict[str, list[torch.nn.Parameter]]:
+        """Parameter groups by optimizer name; one optimizer, 'main', unless a task needs more."""
+        return {"main": [p for p in model.parameters() if p.requires_grad]}
+
+    def loss(self, outputs: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | float]:
+        raise NotImplementedError
+
+    def training_step(self, model: torch.nn.Module, batch: tuple, ctx: "StepContext") -> StepOutput:
+        x, y = batch
+        outputs = model(x)
+        loss, count = self.loss(outputs, y)
+        return StepOutput(loss, count, outputs, self.batch_sums(outputs, y))
+
+    def evaluation_step(self, model: torch.nn.Module, batch: tuple) -> StepOutput:
+        return self.training_step(model, batch, ctx=None)  # type: ignore[arg-type]
+
+    def batch_sums(self, outputs: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {}
+
+    def summarize(self, sums: dict[str, float], count: float) -> dict[str, float]:
+        """Turn sums accumulated over an epoch into metrics (means by default)."""
+        return {k: v / max(count, 1e-12) for k, v in sums.items()}
+
+    # -- inference ----------------------------------------------------------------------------
+    def predict(self, outputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def evaluator(self, eval_cfg) -> Any:
+        """A streaming metric accumulator: ``update(outputs, y)``, ``compute() -> dict``."""
+        raise NotImplementedError
+
+
+
+def metric_mode(name: str) -> str:
+    """'max' for metrics where higher is better (in any registered task), else 'min'."""
+    base = name.split("_", 1)[1] if name.startswith(("val_", "train_", "test_")) else name
+    better = any(cls.greater_is_better.get(base, False) for _, cls in TASKS.items())
+    return "max" if better else "min"
+
+
+def register_task(name: str):
+    def add(cls):
+        cls.name = name
+        return TASKS.register(name)(cls)
+
+    return add
+
+
+def infer_task(spec, model_cls=None) -> str:
+    """The task a family implies (generative families), else the one the data implies."""
+    implied = getattr(model_cls, "implies_task", None)
+    if implied:
+        return implied
+    return "classification" if spec.target == "class" else "regression"
+
+
+from . import classification, regression  # noqa: E402,F401

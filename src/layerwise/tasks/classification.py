@@ -1,0 +1,59 @@
+"""Classification: cross-entropy, class probabilities, and streaming classification metrics."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import ConfigError
+from . import StepOutput, Task, register_task
+
+
+@register_task("classification")
+class Classification(Task):
+    target = "class"
+    main_metric = "accuracy"
+    greater_is_better = {"accuracy": True, "f1_macro": True, "f1_weighted": True, "roc_auc": True,
+                         "precision_macro": True, "recall_macro": True, "balanced_accuracy": True}
+
+    def __init__(self, spec, train_cfg, preprocessing, train_labels=None):
+        super().__init__(spec, train_cfg, preprocessing, train_labels)
+        self.weight = self._class_weights(train_cfg.class_weight, train_labels)
+        self.label_smoothing = train_cfg.label_smoothing
+
+    def _class_weights(self, option, labels) -> torch.Tensor | None:
+        n = self.spec.num_classes
+        if option is None:
+            return None
+        if option == "balanced":
+            counts = torch.bincount(labels, minlength=n).float().clamp_(min=1)
+            return counts.sum() / (n * counts)  # scikit-learn's 'balanced' weights
+        if len(option) != n:
+            raise ConfigError(f"train.class_weight: {len(option)} weights given for {n} classes; give one per class")
+        return torch.tensor(option, dtype=torch.float32)
+
+    def loss(self, outputs, y):
+        weight = None if self.weight is None else self.weight.to(outputs.device)
+        loss = F.cross_entropy(outputs.float(), y, weight=weight, reduction="sum",
+                               label_smoothing=self.label_smoothing)
+        # the weighted mean divides by the total weight of the batch, as PyTorch's 'mean' does
+        count = weight[y].sum() if weight is not None else y.shape[0]
+        return loss, count
+
+    def batch_sums(self, outputs, y):
+        return {"accuracy": (outputs.argmax(1) == y).sum()}
+
+    def predict(self, outputs):
+        proba = torch.softmax(outputs.float(), dim=1)
+        return {"label": proba.argmax(1), "proba": proba}
+
+    def evaluator(self, eval_cfg):
+        from ..evaluate import ClassificationEvaluator
+
+        return ClassificationEvaluator(self.spec.num_classes, eval_cfg.auc_thresholds)
+
+    def evaluation_step(self, model, batch):
+        x, y = batch
+        outputs = model(x)
+        loss, count = self.loss(outputs, y)
+        return StepOutput(loss, count, outputs)

@@ -1,0 +1,10 @@
+"""The training loop, its callbacks, optimizers, schedules and checkpoints."""
+
+from .callbacks import Callback, Checkpoint, EarlyStopping, EpochPrinter, HistoryCSV, ProgressBar
+from .checkpoint import load_checkpoint, save_checkpoint, seed_everything
+from .optim import OPTIMIZERS, SCHEDULERS
+from .trainer import StepContext, Trainer, autocast_context, resolve_device
+
+__all__ = ["Trainer", "StepContext", "Callback", "Checkpoint", "EarlyStopping", "EpochPrinter", "HistoryCSV",
+           "ProgressBar", "OPTIMIZERS", "SCHEDULERS", "load_checkpoint", "save_checkpoint", "seed_everything",
+           "resolve_device", "autocast_context"]

@@ -1,0 +1,198 @@
+"""Callbacks: the extension point of the training loop.
+
+A callback overrides any of a few hooks, each receiving the trainer (and a ``logs`` dict where one
+exists). To stop training a callback sets ``trainer.should_stop = True``; to survive a resume it
+returns its state from ``state_dict`` (saved in every checkpoint).
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import atomic_write
+
+__all__ = ["Callback", "EarlyStopping", "Checkpoint", "HistoryCSV", "ProgressBar", "EpochPrinter"]
+
+
+class Callback:
+    """Base class: every hook does nothing."""
+
+    def on_fit_start(self, trainer) -> None: ...
+    def on_epoch_start(self, trainer) -> None: ...
+    def on_batch_end(self, trainer, logs: dict[str, Any]) -> None: ...
+    def on_epoch_end(self, trainer, logs: dict[str, Any]) -> None: ...
+    def on_fit_end(self, trainer) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class EarlyStopping(Callback):
+    """Stop when ``monitor`` has not improved for ``patience`` epochs; optionally restore the best."""
+
+    def __init__(self, monitor: str = "val_loss", patience: int = 5, mode: str = "auto",
+                 min_delta: float = 0.0, restore_best: bool = True):
+        from ..tasks import metric_mode
+
+        self.monitor = monitor
+        self.patience = patience
+        self.mode = metric_mode(monitor) if mode == "auto" else mode
+        self.min_delta = min_delta
+        self.restore_best = restore_best
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+        self.wait = 0
+        self.best_weights: dict[str, torch.Tensor] | None = None
+
+    def _improved(self, value: float) -> bool:
+        if self.best is None:
+            return True
+        if self.mode == "min":
+            return value < self.best - self.min_delta
+        return value > self.best + self.min_delta
+
+    def on_epoch_end(self, trainer, logs):
+        if self.monitor not in logs:
+            from ..errors import ConfigError
+
+            raise ConfigError(f"train.early_stopping.monitor: '{self.monitor}' is not logged; "
+                              f"choose one of: {', '.join(k for k in logs if k not in ('epoch', 'step'))}")
+        value = float(logs[self.monitor])
+        if self._improved(value):
+            self.best, self.best_epoch, self.wait = value, int(logs["epoch"]), 0
+            if self.restore_best:
+                self.best_weights = {k: v.detach().cpu().clone() for k, v in trainer.model.state_dict().items()}
+        else:
+            self.wait += 1
+            if self.wait >= self.patience:
+                trainer.should_stop = True
+                trainer.stop_reason = (f"early stopping: {self.monitor} did not improve for {self.patience} "
+                                       f"epochs (best {self.best:.4g} at epoch {self.best_epoch})")
+
+    def on_fit_end(self, trainer):
+        if self.restore_best and self.best_weights is not None and not trainer.diverged:
+            trainer.model.load_state_dict(self.best_weights)
+            trainer.restored_epoch = self.best_epoch
+
+    def state_dict(self):
+        return {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait, "best_weights": self.best_weights}
+
+    def load_state_dict(self, state):
+        self.best, self.best_epoch, self.wait = state["best"], state["best_epoch"], state["wait"]
+        self.best_weights = state.get("best_weights")
+
+
+class Checkpoint(Callback):
+    """Write ``checkpoints/last.pt`` atomically after every epoch (and every N steps if asked)."""
+
+    def __init__(self, folder: Path, every_steps: int | None = None):
+        self.folder = Path(folder)
+        self.every_steps = every_steps
+
+    @property
+    def path(self) -> Path:
+        return self.folder / "last.pt"
+
+    def on_batch_end(self, trainer, logs):
+        if self.every_steps and logs.get("optimizer_step") and trainer.global_step % self.every_steps == 0:
+            trainer.save_checkpoint(self.path)
+
+    def on_epoch_end(self, trainer, logs):
+        trainer.save_checkpoint(self.path)
+
+
+class HistoryCSV(Callback):
+    """Append each epoch's logs to ``history.csv`` (rewritten atomically, so it never tears)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def on_epoch_end(self, trainer, logs):
+        rows = trainer.history
+        fields: list[str] = []
+        for row in rows:
+            fields += [k for k in row if k not in fields]
+
+        def write(tmp):
+            with open(tmp, "w", newline="") as fh:
+                writer = csv.DictWriter(fh, fieldnames=fields)
+                writer.writeheader()
+                writer.writerows(rows)
+
+        atomic_write(self.path, write)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}" if math.isfinite(value) else str(value)
+    return str(value)
+
+
+class EpochPrinter(Callback):
+    """One line per epoch: the logs that matter, readable in a CI log."""
+
+    def __init__(self, console=None):
+        self.console = console
+
+    def on_epoch_end(self, trainer, logs):
+        keys = [k for k in logs if k not in ("epoch", "step", "time_s")]
+        text = f"epoch {logs['epoch']}/{trainer.cfg.epochs}  " + "  ".join(f"{k} {_fmt(logs[k])}" for k in keys)
+        if self.console is not None:
+            self.console.print(text, highlight=False)
+        else:
+            print(text, flush=True)
+
+
+class ProgressBar(Callback):
+    """A rich progress bar with loss, the task's metric and samples/s (only on a terminal)."""
+
+    def __init__(self, console=None):
+        from rich.console import Console
+
+        self.console = console or Console(stderr=True)
+        self.progress = None
+        self.task_id = None
+
+    def on_fit_start(self, trainer):
+        if not self.console.is_terminal:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[stats]}"), TimeElapsedColumn(),
+                                 console=self.console, transient=True)
+        self.progress.start()
+
+    def on_epoch_start(self, trainer):
+        if self.progress is None:
+            return
+        if self.task_id is not None:
+            self.progress.remove_task(self.task_id)
+        self.task_id = self.progress.add_task(f"epoch {trainer.epoch + 1}/{trainer.cfg.epochs}",
+                                              total=trainer.batches_per_epoch, stats="")
+        self.started = time.perf_counter()
+        self.samples = 0
+
+    def on_batch_end(self, trainer, logs):
+        if self.progress is None:
+            return
+        self.samples += logs["batch_size"]
+        if "running" in logs:  # present every log_every steps, when values are synchronized
+            rate = self.samples / max(time.perf_counter() - self.started, 1e-9)
+            stats = "  ".join(f"{k} {_fmt(v)}" for k, v in logs["running"].items())
+            self.progress.update(self.task_id, completed=trainer.batch_in_epoch, stats=f"{stats}  {rate:,.0f} samples/s")
+
+    def on_fit_end(self, trainer):
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None

@@ -1,0 +1,276 @@
+"""The one training loop: ``for epoch … for batch …`` in plain sight, extended by callbacks.
+
+Every task, including ones with several optimizers, runs through :meth:`Trainer.fit`. The loop owns
+what users get wrong by hand: exact gradient accumulation, clipping, mixed precision, the NaN
+guard, resumable state and seeding; tasks own their losses and steps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+from ..errors import TrainingDivergedError
+from .callbacks import Callback
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .optim import Schedule, make_optimizer, make_schedule
+
+__all__ = ["Trainer", "StepContext", "resolve_device", "autocast_context"]
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' picks CUDA when present, then Apple's MPS, then the CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        from ..errors import ConfigError
+
+        raise ConfigError("train.device: 'cuda' was asked for but no CUDA device is available; use 'auto' or 'cpu'")
+    return device
+
+
+def autocast_context(device: torch.device, precision: str):
+    """bf16 autocast when asked; a no-op context otherwise (no cost per step in fp32)."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+class StepContext:
+    """What a task with ``manual_optimization`` uses to drive its optimizers inside the loop."""
+
+    def __init__(self, trainer: "Trainer"):
+        self.trainer = trainer
+
+    @property
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return self.trainer.optimizers
+
+    def backward(self, loss: torch.Tensor) -> None:
+        loss.backward()
+
+    def step(self, name: str = "main") -> None:
+        """Clip (when configured), step and zero the gradients of optimizer ``name``."""
+        opt = self.trainer.optimizers[name]
+        self.trainer._clip(opt)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        self.trainer.schedules[name].step_batch()
+
+
+class Trainer:
+    """Train a model on a task with a :class:`~layerwise.config.TrainConfig`.
+
+    >>> trainer = Trainer(model, task, cfg.train, callbacks=[EarlyStopping()])   # doctest: +SKIP
+    >>> history = trainer.fit(train_loader, val_loader)                          # doctest: +SKIP
+    """
+
+    def __init__(self, model: torch.nn.Module, task, cfg, *, callbacks: Iterable[Callback] = (),
+                 device: torch.device | None = None, eval_cfg=None):
+        self.model = model
+        self.task = task
+        self.cfg = cfg
+        self.eval_cfg = eval_cfg
+        self.callbacks = list(callbacks)
+        self.device = device or resolve_device(cfg.device)
+        self.model.to(self.device)
+        groups = task.configure_optimizers(model)
+        self.optimizers = {name: make_optimizer(params, cfg) for name, params in groups.items()}
+        self.schedules: dict[str, Schedule] = {}
+        self.epoch = 0  # epochs completed
+        self.batch_in_epoch = 0  # batches of the current epoch already trained
+        self.global_step = 0  # optimizer steps taken
+        self.history: list[dict[str, Any]] = []
+        self.should_stop = False
+        self.stop_reason = ""
+        self.diverged = False
+        self.restored_epoch: int | None = None
+        self.batches_per_epoch = 0
+        self._resume_state: dict[str, Any] | None = None
+        self._running = self._fresh_running()  # the epoch's sums so far (saved, so resume is exact)
+
+    def _fresh_running(self) -> dict[str, Any]:
+        return {"loss": 0.0, "count": 0.0, "samples": 0, "sums": {}}
+
+    # -- state -------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "schedules": {k: s.state_dict() for k, s in self.schedules.items()},
+            "callbacks": {type(c).__name__: c.state_dict() for c in self.callbacks},
+            "rng": rng_state(),
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "global_step": self.global_step,
+            "history": self.history,
+            "running": {k: (float(v) if torch.is_tensor(v) else v) for k, v in self._running.items() if k != "sums"}
+            | {"sums": {k: float(v) for k, v in self._running["sums"].items()}},
+        }
+
+    def save_checkpoint(self, path: Path) -> None:
+        save_checkpoint(path, self.state_dict())
+
+    def resume_from(self, path: Path) -> None:
+        """Load a checkpoint; the state is applied when :meth:`fit` has built the schedules."""
+        state = load_checkpoint(path)
+        self.model.load_state_dict(state["model"])
+        for name, opt in self.optimizers.items():
+            opt.load_state_dict(state["optimizers"][name])
+        for cb in self.callbacks:
+            if type(cb).__name__ in state["callbacks"]:
+                cb.load_state_dict(state["callbacks"][type(cb).__name__])
+        self.epoch, self.batch_in_epoch = state["epoch"], state["batch_in_epoch"]
+        self.global_step, self.history = state["global_step"], list(state["history"])
+        self._running = state.get("running", self._fresh_running())
+        self._resume_state = state
+
+    # -- the loop ----------------------------------------------------------------------------
+    def _clip(self, opt: torch.optim.Optimizer) -> None:
+        if self.cfg.grad_clip:
+            params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
+            torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+
+    def _callbacks(self, hook: str, *args) -> None:
+        for cb in self.callbacks:
+            getattr(cb, hook)(self, *args)
+
+    def _total_steps(self, batches: int) -> int:
+        per_epoch = -(-batches // self.cfg.accumulate)
+        total = per_epoch * self.cfg.epochs
+        return min(total, self.cfg.max_steps) if self.cfg.max_steps else total
+
+    def fit(self, train_loader, val_loader=None) -> list[dict[str, Any]]:
+        """Train until ``epochs`` or ``max_steps`` or a callback stops; returns the history."""
+        cfg, model, task = self.cfg, self.model, self.task
+        self.batches_per_epoch = len(train_loader)
+        total_steps = self._total_steps(self.batches_per_epoch)
+        steps_per_epoch = -(-self.batches_per_epoch // cfg.accumulate)
+        self.schedules = {n: make_schedule(o, cfg, total_steps, steps_per_epoch) for n, o in self.optimizers.items()}
+        if self._resume_state is not None:
+            for name, sched in self.schedules.items():
+                sched.load_state_dict(self._resume_state["schedules"].get(name, {}))
+            set_rng_state(self._resume_state["rng"])
+            self._resume_state = None
+        ctx = StepContext(self)
+        opt = self.optimizers.get("main")
+        schedule = self.schedules.get("main")
+        accumulate = cfg.accumulate
+        autocast = autocast_context(self.device, cfg.precision)
+        self._callbacks("on_fit_start")
+        done = cfg.max_steps is not None and self.global_step >= cfg.max_steps
+        while self.epoch < cfg.epochs and not self.should_stop and not done:
+            model.train()
+            train_loader.set_epoch(self.epoch, self.batch_in_epoch)
+            self._callbacks("on_epoch_start")
+            started = time.perf_counter()
+            run = self._running if self.batch_in_epoch else self._fresh_running()
+            self._running = run
+            run["loss"] = torch.as_tensor(run["loss"], dtype=torch.float32, device=self.device)
+            run["count"] = torch.as_tensor(run["count"], dtype=torch.float32, device=self.device)
+            run["sums"] = {k: torch.as_tensor(v, device=self.device) for k, v in run["sums"].items()}
+            sums = run["sums"]
+            samples_before = run["samples"]
+            window_count = 0.0  # normalizer of the accumulation window (a tensor once summed)
+            in_window = 0
+            batches_left = self.batches_per_epoch - self.batch_in_epoch
+            for i, batch in enumerate(train_loader):
+                with autocast:
+                    out = task.training_step(model, batch, ctx)
+                if not task.manual_optimization:
+                    if accumulate == 1:
+                        (out.loss / out.count).backward()
+                    else:
+                        # backward on the sum; divide by the window's total count before stepping,
+                        # so the gradient is exactly the large-batch mean (unequal micro-batches too)
+                        out.loss.backward()
+                        window_count = window_count + out.count
+                    in_window += 1
+                stepped = False
+                if not task.manual_optimization and (in_window == accumulate or i == batches_left - 1):
+                    if accumulate > 1:
+                        scale = 1.0 / window_count
+                        grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
+                        torch._foreach_mul_(grads, scale if not torch.is_tensor(scale) else scale.to(grads[0].dtype))
+                    self._clip(opt)
+                    opt.step()
+                    opt.zero_grad(set_to_none=True)
+                    schedule.step_batch()
+                    window_count, in_window, stepped = 0.0, 0, True
+                elif task.manual_optimization:
+                    stepped = True  # the task stepped its optimizers itself
+                if stepped:
+                    self.global_step += 1
+                self.batch_in_epoch += 1
+                run["loss"] += out.loss.detach()
+                run["count"] += out.count
+                for k, v in out.sums.items():
+                    sums[k] = sums[k] + v.detach() if k in sums else v.detach().clone()
+                n = len(batch[0]) if isinstance(batch, (tuple, list)) else len(batch)
+                run["samples"] += n
+                logs = {"batch_size": n, "optimizer_step": stepped}
+                if self.batch_in_epoch % cfg.log_every == 0 or i == batches_left - 1:
+                    logs["running"] = self._check_finite(run)
+                self._callbacks("on_batch_end", logs)
+                if cfg.max_steps is not None and self.global_step >= cfg.max_steps and stepped:
+                    done = True
+                    break
+            elapsed = time.perf_counter() - started
+            running = self._check_finite(run)
+            samples = run["samples"] - samples_before
+            logs = {"epoch": self.epoch + 1, "step": self.global_step}
+            logs.update({f"train_{k}": v for k, v in running.items()})
+            if val_loader is not None:
+                from ..evaluate import evaluate_model
+
+                val = evaluate_model(model, task, val_loader, self.eval_cfg, precision=cfg.precision)
+                logs["val_loss"] = val["loss"]
+                for key in self._val_keys():
+                    if key in val:
+                        logs[f"val_{key}"] = val[key]
+            logs["lr"] = self.optimizers[next(iter(self.optimizers))].param_groups[0]["lr"]
+            logs["samples_per_s"] = samples / max(elapsed, 1e-9)
+            logs["time_s"] = elapsed
+            self.epoch += 1
+            self.batch_in_epoch = 0
+            self._running = self._fresh_running()
+            for sched in self.schedules.values():
+                sched.step_epoch(logs)
+            self.history.append(logs)
+            self._callbacks("on_epoch_end", logs)
+        self._callbacks("on_fit_end")
+        return self.history
+
+    def _val_keys(self) -> list[str]:
+        keys = [self.task.main_metric]
+        for cb in self.callbacks:  # whatever early stopping or a schedule watches must be logged
+            monitor = getattr(cb, "monitor", None)
+            if monitor and monitor.startswith("val_"):
+                keys.append(monitor[4:])
+        monitor = self.cfg.scheduler.monitor
+        if monitor.startswith("val_"):
+            keys.append(monitor[4:])
+        return list(dict.fromkeys(keys))
+
+    def _check_finite(self, run: dict[str, Any]) -> dict[str, float]:
+        """Synchronize running values; stop with a clear message on NaN/Inf (no checkpoint written)."""
+        loss = float(run["loss"]) / max(float(run["count"]), 1e-12)
+        if loss != loss or loss in (float("inf"), float("-inf")):
+            self.diverged = True
+            self._callbacks("on_fit_end")
+            raise TrainingDivergedError(
+                f"the training loss became {loss} in epoch {self.epoch + 1} (step {self.global_step}); "
+                f"the last good checkpoint is kept; lower train.lr or set train.grad_clip, then --resume or restart"
+            )
+        running = {"loss": loss}
+        running.update(self.task.summarize({k: float(v) for k, v in run["sums"].items()}, run["samples"]))
+        return running
