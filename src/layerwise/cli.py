@@ -192,13 +192,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         click.echo(f"error: {exc}", err=True)
         return 2
-    except click.exceptions.Abort:
-        click.echo("interrupted", err=True)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        hint = "; continue a training run with `layerwise train --resume RUN`" if args[:1] == ["train"] else ""
+        click.echo(f"interrupted{hint}", err=True)
         return 130
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code
-    except KeyboardInterrupt:
-        click.echo("interrupted; continue with `layerwise train --resume RUN`", err=True)
-        return 130
     return 0

@@ -187,6 +187,11 @@ def _format_error(exc: ValidationError, prefix: str, schema: type[BaseModel]) ->
             message += f"; valid keys here: {', '.join(known)}"
     elif first["type"] == "missing":
         message = f"{path}: required key is missing"
+    elif first["type"] == "literal_error" and isinstance(first.get("input"), str):
+        choices = [c.strip(" '") for c in first.get("ctx", {}).get("expected", "").replace(" or ", ",").split(",")]
+        choices = [c for c in choices if c]
+        message = (f"{path}: unknown value {first['input']!r}{did_you_mean(first['input'], choices)}; "
+                   f"choose one of: {', '.join(choices)}")
     else:
         message = f"{path}: {first['msg'].rstrip('.')}; received {_describe(first.get('input'))}"
     if len(errors) > 1:
@@ -319,7 +324,9 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Mapping[str, Any]) -> dic
         node = result
         for i, part in enumerate(parts[:-1]):
             child = node.get(part)
-            if child is None or isinstance(child, str) and part == "scheduler":
+            # shorthands that stand for a section: `scheduler: cosine`, `early_stopping: true`
+            shorthand = isinstance(child, str) and part == "scheduler" or child is True and part == "early_stopping"
+            if child is None or shorthand:
                 child = {"name": child} if isinstance(child, str) else {}
                 node[part] = child
             if not isinstance(child, dict):

@@ -7,6 +7,7 @@ counts), never the list of every logit.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import torch
@@ -43,7 +44,8 @@ class ClassificationEvaluator:
         if n == 2:
             self.auroc = C.BinaryAUROC(thresholds=auc_thresholds)
         else:
-            self.auroc = C.MulticlassAUROC(n, average="macro", thresholds=auc_thresholds)
+            # per class, averaged below over the classes the data holds (absent ones have no curve)
+            self.auroc = C.MulticlassAUROC(n, average=None, thresholds=auc_thresholds)
 
     def update(self, outputs: torch.Tensor, y: torch.Tensor) -> None:
         proba = torch.softmax(outputs.detach().float(), dim=1).cpu()
@@ -56,16 +58,20 @@ class ClassificationEvaluator:
         cm = values.pop("confusion_matrix")  # (true, predicted)
         per_class_values = {k[: -len("_none")]: values.pop(k) for k in list(values) if k.endswith("_none")}
         metrics = {k: float(v) for k, v in values.items()}
-        try:
-            auc = float(self.auroc.compute())
+        support = cm.sum(1)
+        # one-vs-rest AUC exists for a class only when the data has both its positives and negatives
+        scorable = (support > 0) & (support < support.sum())
+        if int(scorable.sum()) >= 2:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torchmetrics warns about the absent classes we skip
+                auc = self.auroc.compute()
+            auc = float(auc) if auc.ndim == 0 else float(auc[scorable].mean())
             if math.isfinite(auc):
                 metrics["roc_auc"] = auc
-        except (ValueError, RuntimeError):
-            pass  # a split with a single class has no ROC curve
         names = class_names or [str(i) for i in range(self.num_classes)]
-        support = cm.sum(1)
         per_class = [
-            {"class": names[i], **{k: float(v[i]) for k, v in per_class_values.items()}, "support": int(support[i])}
+            {"class": names[i], **{k: float(per_class_values[k][i]) for k in ("precision", "recall", "f1")},
+             "support": int(support[i])}
             for i in range(self.num_classes)
         ]
         return EvalResult(metrics, {"confusion_matrix": cm.long().tolist(), "per_class": per_class, "classes": names})

@@ -32,7 +32,7 @@ def _frame_inputs(frame, run, origin: str, need_labels: bool) -> Inputs:
     labels = None
     if has:
         labels = frame[target_cols[0]].to_numpy() if len(target_cols) == 1 else frame[target_cols].to_numpy()
-    x = torch.from_numpy(pre.inputs.transform(frame))
+    x = torch.from_numpy(pre.inputs.transform(frame, origin))
     return Inputs(Split(x, _encode(labels, run, origin, len(x))), [str(i) for i in range(len(x))], labels)
 
 

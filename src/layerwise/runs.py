@@ -68,16 +68,20 @@ def prepare_bundle(config: ExperimentConfig, bundle: DataBundle, model: torch.nn
 
 
 def _check_monitors(config: ExperimentConfig, task) -> None:
-    es = config.train.early_stopping
-    if es is None:
-        return
+    """Metrics watched by early stopping or a plateau schedule must be logged (else they never act)."""
+    watched = []
+    if config.train.early_stopping is not None:
+        watched.append(("train.early_stopping.monitor", config.train.early_stopping.monitor))
+    if config.train.scheduler.name == "plateau":
+        watched.append(("train.scheduler.monitor", config.train.scheduler.monitor))
     known = ["loss", task.main_metric, *task.greater_is_better]
-    base = es.monitor.split("_", 1)[1] if es.monitor.startswith(("val_", "train_")) else None
-    if base is None or base not in known or (es.monitor.startswith("train_") and base not in ("loss", task.main_metric)):
-        raise ConfigError(f"train.early_stopping.monitor: '{es.monitor}' is not a logged metric; "
-                          f"use val_loss, val_{task.main_metric} or train_loss")
-    if config.data.val_fraction == 0 and es.monitor.startswith("val_"):
-        raise ConfigError("train.early_stopping.monitor: watches a validation metric but data.val_fraction is 0")
+    for key, monitor in watched:
+        base = monitor.split("_", 1)[1] if monitor.startswith(("val_", "train_")) else None
+        if base is None or base not in known or (monitor.startswith("train_") and base not in ("loss", task.main_metric)):
+            raise ConfigError(f"{key}: '{monitor}' is not a logged metric; "
+                              f"use val_loss, val_{task.main_metric} or train_loss")
+        if config.data.val_fraction == 0 and monitor.startswith("val_"):
+            raise ConfigError(f"{key}: watches a validation metric but data.val_fraction is 0")
 
 
 def loaders(bundle: DataBundle, cfg: ExperimentConfig, device: torch.device):
@@ -177,11 +181,16 @@ def train(config: str | Path | Mapping[str, Any] | ExperimentConfig | None = Non
     device = resolve_device(cfg.train.device)
     train_loader, val_loader = loaders(bundle, cfg, device)
 
+    if resume is not None and extra:
+        # e.g. --resume RUN --set train.epochs=30 extends a run: its config must say so
+        atomic_write(run_dir / "config.yaml", lambda tmp: Path(tmp).write_text(cfg.to_yaml()))
     if resume is None:
         run_dir = _new_run_dir(Path(runs_dir), cfg.name)
         run_dir.mkdir(parents=True)
         atomic_write(run_dir / "config.yaml", lambda tmp: Path(tmp).write_text(cfg.to_yaml()))
-        _write_json(run_dir / "data.json", {"spec": bundle.spec.to_dict(), "preprocessing": bundle.preprocessor.to_dict()})
+        weight = getattr(task, "weight", None)  # resolved 'balanced' class weights: the loss needs them later
+        _write_json(run_dir / "data.json", {"spec": bundle.spec.to_dict(), "preprocessing": bundle.preprocessor.to_dict(),
+                                            "class_weight": None if weight is None else weight.tolist()})
         if model is not None and cfg.model.family == "python":
             console.print(f"[dim]user module {cfg.model.target}: load_run needs it importable to rebuild[/dim]")
 
@@ -199,6 +208,7 @@ def train(config: str | Path | Mapping[str, Any] | ExperimentConfig | None = Non
     console.print(f"[bold]{cfg.name}[/bold]: {cfg.model.family} on {bundle.spec.kind} data "
                   f"({len(bundle.train)} train / {len(bundle.val) if bundle.val else 0} val / "
                   f"{len(bundle.test) if bundle.test else 0} test), task {cfg.task}, device {device}", highlight=False)
+    console.print(f"run directory: {run_dir}", highlight=False)
     started = time.perf_counter()
     try:
         trainer.fit(train_loader, val_loader)
@@ -210,7 +220,7 @@ def train(config: str | Path | Mapping[str, Any] | ExperimentConfig | None = Non
 
     save_model(run_dir / "model.safetensors", net, cfg, bundle.spec)
     run = Run(run_dir)
-    run._model = net
+    run._model = net.eval()
     split = cfg.evaluate.split if getattr(bundle, cfg.evaluate.split) is not None else "val"
     result = run._evaluate_split(bundle, split, device)
     training = {"duration_s": duration, "device": str(device), "epochs_run": trainer.epoch,
@@ -235,6 +245,7 @@ class Run:
         data = json.loads((self.path / "data.json").read_text())
         self.spec = DataSpec.from_dict(data["spec"])
         self.preprocessing = Preprocessing.from_dict(data["preprocessing"])
+        self._class_weight = data.get("class_weight")
         self._model: LayerwiseModel | None = None
         self._task = None
 
@@ -245,7 +256,10 @@ class Run:
     @property
     def task(self):
         if self._task is None:
-            self._task = TASKS.get(self.config.task)(self.spec, self.config.train, self.preprocessing, None)
+            train_cfg = self.config.train
+            if self._class_weight is not None:
+                train_cfg = train_cfg.model_copy(update={"class_weight": self._class_weight})
+            self._task = TASKS.get(self.config.task)(self.spec, train_cfg, self.preprocessing, None)
         return self._task
 
     @property
@@ -261,8 +275,16 @@ class Run:
         weights = self.path / "model.safetensors"
         if not weights.is_file():
             raise RunError(f"{self.path}: model.safetensors is missing; the run did not finish (resume it with --resume)")
+        if module is None and self.config.model.family == "python" and self.config.model.target.startswith("__main__:"):
+            raise RunError(f"{self.path}: the model is a class defined in a script ({self.config.model.target}); "
+                           f"rebuild it and pass it: run.load_model(MyNet(...))")
         net = wrap_module(module, self.spec) if module is not None else build_model(self.config.model, self.spec)
-        net.load_state_dict(load_file(weights))
+        try:
+            net.load_state_dict(load_file(weights))
+        except RuntimeError as exc:
+            raise RunError(f"{weights}: the weights do not fit the rebuilt {self.config.model.family} model "
+                           f"({str(exc).splitlines()[0]}); for your own module pass an instance built with the "
+                           f"same arguments: run.load_model(MyNet(...))") from None
         net.eval()
         return net
 

@@ -13,7 +13,7 @@ from .._registry import Registry
 from ..config import DataConfig
 from .spec import DataBundle, DataSpec, RawData, Split
 
-__all__ = ["SOURCES", "DataSource", "register_source", "load_data", "DataBundle", "DataSpec", "RawData", "Split"]
+__all__ = ["where", "SOURCES", "DataSource", "register_source", "load_data", "DataBundle", "DataSpec", "RawData", "Split"]
 
 SOURCES: Registry[type["DataSource"]] = Registry("data source", key="data.source")
 
@@ -26,6 +26,14 @@ class DataSource:
 
     def read(self, cfg: Any, task: str | None) -> RawData:  # pragma: no cover - interface
         raise NotImplementedError
+
+
+def where(path) -> str:
+    """A path for messages; relative paths say what they are relative to (the working directory)."""
+    from pathlib import Path
+
+    path = Path(path)
+    return str(path) if path.is_absolute() else f"{path} (relative to {Path.cwd()})"
 
 
 def register_source(name: str):

@@ -12,7 +12,7 @@ from pydantic import Field
 
 from ..config import DataConfig
 from ..errors import DataError
-from . import DataSource, register_source
+from . import DataSource, register_source, where
 from .spec import RawData
 
 _DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -40,7 +40,7 @@ def read_idx(path: Path) -> np.ndarray:
     body = data[4 + 4 * ndim :]
     if len(body) != expected:
         raise DataError(f"{path}: IDX header announces {expected} bytes of data but the file holds {len(body)}; the file is truncated")
-    return np.frombuffer(body, dtype=dtype).reshape(dims)
+    return np.frombuffer(bytearray(body), dtype=dtype).reshape(dims)  # bytearray: a writable array, no copy
 
 
 def _find(folder: Path, prefix: str, what: str) -> Path:
@@ -60,7 +60,7 @@ class IdxSource(DataSource):
     def read(self, cfg: IdxConfig, task: str | None) -> RawData:
         folder = Path(cfg.path).expanduser()
         if not folder.is_dir():
-            raise DataError(f"data.path: folder not found: {folder}; point it at the folder of IDX files")
+            raise DataError(f"data.path: folder not found: {where(folder)}; point it at the folder of IDX files")
         parts = {}
         for split, prefix in (("train", "train"), ("test", "t10k")):
             images = read_idx(_find(folder, prefix, "images"))

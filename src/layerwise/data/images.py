@@ -10,7 +10,7 @@ from pydantic import Field
 
 from ..config import DataConfig
 from ..errors import DataError
-from . import DataSource, register_source
+from . import DataSource, register_source, where
 from .spec import RawData
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -56,17 +56,18 @@ class ImageFolderSource(DataSource):
     def read(self, cfg: ImageFolderConfig, task: str | None) -> RawData:
         root = Path(cfg.path).expanduser()
         if not root.is_dir():
-            raise DataError(f"data.path: folder not found: {root}; point it at a folder with one sub-folder per class")
+            raise DataError(f"data.path: folder not found: {where(root)}; point it at a folder with one sub-folder per class")
         classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
         if len(classes) < 2:
             raise DataError(f"{root}: found {len(classes)} class sub-folder(s); an image folder needs one sub-folder per class, at least two")
         size = (cfg.image_size, cfg.image_size) if isinstance(cfg.image_size, int) else tuple(cfg.image_size)
         files, labels = [], []
-        for label, name in enumerate(classes):
+        for name in classes:
             found = image_files(root / name)
             if not found:
                 raise DataError(f"{root / name}: class folder holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
             files += found
-            labels += [label] * len(found)
+            # the folder names are the label values, so new folders of the same classes map back to them
+            labels += [name] * len(found)
         pixels = load_images(files, size, cfg.channels)
-        return RawData("image", pixels, np.array(labels), target="class", class_names=classes, origin=str(root))
+        return RawData("image", pixels, np.array(labels), target="class", origin=str(root))

@@ -11,7 +11,7 @@ from pydantic import Field
 
 from ..config import DataConfig
 from ..errors import DataError
-from . import DataSource, register_source
+from . import DataSource, register_source, where
 from .spec import RawData
 
 
@@ -22,7 +22,7 @@ class NpzConfig(DataConfig):
 
 def read_npz(path: Path, need_y: bool = True) -> dict[str, np.ndarray]:
     if not path.is_file():
-        raise DataError(f"data.path: file not found: {path}; check the path")
+        raise DataError(f"data.path: file not found: {where(path)}; check the path")
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {k: archive[k] for k in archive.files}

@@ -135,6 +135,8 @@ def build_bundle(raw: RawData, cfg: Any, task: str | None) -> DataBundle:
         scaler = TargetScaler.fit(y[train_idx])
 
     x_all = raw.x
+    if raw.kind != "image" and cfg.augment is not None:
+        raise DataError(f"data.augment: augmentation applies to image data only, and {origin} is {raw.kind}; remove it")
     if raw.kind == "tabular":
         inputs = _fit_tabular(x_all, train_idx, cfg, origin)
         encode = lambda frame: torch.from_numpy(inputs.transform(frame))  # noqa: E731
@@ -169,7 +171,7 @@ def build_bundle(raw: RawData, cfg: Any, task: str | None) -> DataBundle:
     spec = DataSpec(
         kind=raw.kind, input_shape=tuple(int(s) for s in input_shape), target=target,
         num_classes=len(classes) if classes is not None else None,
-        class_names=[str(c) for c in classes] if classes is not None else None,
+        class_names=_class_names(classes, raw.class_names),
         num_targets=None if target == "class" else (1 if y.ndim == 1 else y.shape[1]),
         target_names=raw.target_names, feature_names=feature_names,
         categorical=inputs.categorical_slots if raw.kind == "tabular" else [],
@@ -206,6 +208,15 @@ def _class_list(y_train: np.ndarray, names: list[str] | None) -> list:
         # integer labels with names: keep every named class, even one absent from a small split
         return list(range(len(names)))
     return [_restore(v, y_train) for v in values]
+
+
+def _class_names(classes: list | None, names: list[str] | None) -> list[str] | None:
+    """Display names: the source's names for integer class ids (iris: setosa...), else the labels."""
+    if classes is None:
+        return None
+    if names is not None and classes == list(range(len(names))):
+        return [str(n) for n in names]
+    return [str(c) for c in classes]
 
 
 def _sort_key(text: str):

@@ -77,19 +77,24 @@ class TabularPreprocessor:
             self.std_[col] = std if std > 1e-12 else 1.0
         for col in self.categorical:
             levels = sorted({str(v) for v in frame[col].dropna()})
+            if self.encoding == "onehot" and len(levels) > MAX_ONEHOT_LEVELS:
+                raise DataError(
+                    f"{self.origin}: column '{col}' has {len(levels)} distinct text values, too many to one-hot encode; "
+                    f"add it to data.drop if it is an identifier, or set data.categorical_encoding: embedding")
             self.levels_[col] = levels
         return self
 
-    def _numeric(self, frame, col: str) -> np.ndarray:
+    def _numeric(self, frame, col: str, origin: str | None = None) -> np.ndarray:
         import pandas as pd
 
+        origin = origin or self.origin
         if col not in frame.columns:
-            raise DataError(f"{self.origin}: column '{col}' is missing; the model was trained with it")
+            raise DataError(f"{origin}: column '{col}' is missing; the model was trained with it")
         column = frame[col]
         if column.dtype == object or str(column.dtype).startswith(("string", "str")):
-            parsed = numeric_or_junk(column, col, self.origin)
+            parsed = numeric_or_junk(column, col, origin)
             if parsed is None:
-                raise DataError(f"{self.origin}: column '{col}' should be numeric but holds text; fix its values")
+                raise DataError(f"{origin}: column '{col}' should be numeric but holds text; fix its values")
             column = pd.to_numeric(column, errors="coerce")
         return column.to_numpy(dtype=np.float64, na_value=np.nan)
 
@@ -111,15 +116,17 @@ class TabularPreprocessor:
         start = len(self.numeric)
         return [(start + i, len(self.levels_[c]) + 1) for i, c in enumerate(self.categorical)]
 
-    def transform(self, frame) -> np.ndarray:
+    def transform(self, frame, origin: str | None = None) -> np.ndarray:
+        """Encode a frame; ``origin`` names it in messages (default: the data fitted on)."""
+        origin = origin or self.origin
         blocks = []
         for col in self.numeric:
-            values = self._numeric(frame, col)
+            values = self._numeric(frame, col, origin)
             values = np.where(np.isfinite(values), values, self.fill_[col])
             blocks.append(((values - self.mean_[col]) / self.std_[col])[:, None])
         for col in self.categorical:
             if col not in frame.columns:
-                raise DataError(f"{self.origin}: column '{col}' is missing; the model was trained with it")
+                raise DataError(f"{origin}: column '{col}' is missing; the model was trained with it")
             levels = self.levels_[col]
             lookup = {level: i for i, level in enumerate(levels)}
             # unseen and missing values go to one extra level, so new data never crashes
@@ -130,7 +137,7 @@ class TabularPreprocessor:
             else:
                 blocks.append(codes[:, None].astype(np.float64))
         if not blocks:
-            raise DataError(f"{self.origin}: no feature columns left; check data.features")
+            raise DataError(f"{origin}: no feature columns left; check data.features")
         return np.concatenate(blocks, axis=1).astype(np.float32)
 
     def to_dict(self) -> dict[str, Any]:
@@ -229,7 +236,10 @@ class TargetScaler:
         return cls(y.mean(axis=0).tolist(), np.where(std > 1e-12, std, 1.0).tolist())
 
     def transform(self, y: np.ndarray) -> np.ndarray:
-        return ((y.reshape(len(y), -1) - np.array(self.mean)) / np.array(self.std)).astype(np.float32)
+        # C order: several target columns of a DataFrame arrive column-major, and batches sliced
+        # from a column-major tensor are not contiguous (metrics call .view on them)
+        scaled = (y.reshape(len(y), -1) - np.array(self.mean)) / np.array(self.std)
+        return np.ascontiguousarray(scaled, dtype=np.float32)
 
     def inverse(self, y: torch.Tensor) -> torch.Tensor:
         mean = torch.tensor(self.mean, device=y.device, dtype=y.dtype)

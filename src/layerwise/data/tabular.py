@@ -10,7 +10,7 @@ from pydantic import Field
 from .._registry import did_you_mean
 from ..config import DataConfig
 from ..errors import DataError
-from . import DataSource, register_source
+from . import DataSource, register_source, where
 from .spec import RawData
 
 
@@ -40,7 +40,7 @@ def read_table(path: Path, delimiter: str = ","):
     import pandas as pd
 
     if not path.is_file():
-        raise DataError(f"data.path: file not found: {path}; check the path")
+        raise DataError(f"data.path: file not found: {where(path)}; check the path")
     try:
         if path.suffix.lower() in {".parquet", ".pq"}:
             from ..errors import require

@@ -55,8 +55,10 @@ class Task:
         self.preprocessing = preprocessing
 
     # -- optimization -------------------------------------------------------------------------
-    def configure_optimizers(self, model: torch.nn.Module) -> dict[str, list[torch.nn.Parameter]]:
-        """Parameter groups by optimizer name; one optimizer, 'main', unless a task needs more."""
+    def configure_optimizers(self, model: torch.nn.Module) -> dict[str, Any]:
+        """Optimizers by name: a parameter list each, or ``{"params": [...], "lr": 2e-4, ...}``
+        overriding keys of the train config (optimizer, lr, betas, weight_decay). One optimizer,
+        'main', unless a task needs more (a GAN: 'generator' and 'discriminator')."""
         return {"main": [p for p in model.parameters() if p.requires_grad]}
 
     def loss(self, outputs: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | float]:
@@ -69,7 +71,11 @@ class Task:
         return StepOutput(loss, count, outputs, self.batch_sums(outputs, y))
 
     def evaluation_step(self, model: torch.nn.Module, batch: tuple) -> StepOutput:
-        return self.training_step(model, batch, ctx=None)  # type: ignore[arg-type]
+        """Forward and loss, no training-only sums (runs under ``torch.no_grad``)."""
+        x, y = batch
+        outputs = model(x)
+        loss, count = self.loss(outputs, y)
+        return StepOutput(loss, count, outputs)
 
     def batch_sums(self, outputs: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         return {}

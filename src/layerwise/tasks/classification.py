@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from . import StepOutput, Task, register_task
+from . import Task, register_task
 
 
 @register_task("classification")
@@ -51,9 +51,3 @@ class Classification(Task):
         from ..evaluate import ClassificationEvaluator
 
         return ClassificationEvaluator(self.spec.num_classes, eval_cfg.auc_thresholds)
-
-    def evaluation_step(self, model, batch):
-        x, y = batch
-        outputs = model(x)
-        loss, count = self.loss(outputs, y)
-        return StepOutput(loss, count, outputs)

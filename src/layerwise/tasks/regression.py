@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from . import StepOutput, Task, register_task
+from . import Task, register_task
 
 
 @register_task("regression")
@@ -36,9 +36,3 @@ class Regression(Task):
         from ..evaluate import RegressionEvaluator
 
         return RegressionEvaluator(self.spec.num_targets, self.preprocessing.scaler)
-
-    def evaluation_step(self, model, batch):
-        x, y = batch
-        outputs = model(x)
-        loss, count = self.loss(outputs, y)
-        return StepOutput(loss, count, outputs)

@@ -105,6 +105,7 @@ class Checkpoint(Callback):
 
     def on_batch_end(self, trainer, logs):
         if self.every_steps and logs.get("optimizer_step") and trainer.global_step % self.every_steps == 0:
+            trainer.assert_finite()  # never let a diverged state overwrite the last good checkpoint
             trainer.save_checkpoint(self.path)
 
     def on_epoch_end(self, trainer, logs):
@@ -145,10 +146,12 @@ class EpochPrinter(Callback):
         self.console = console
 
     def on_epoch_end(self, trainer, logs):
-        keys = [k for k in logs if k not in ("epoch", "step", "time_s")]
-        text = f"epoch {logs['epoch']}/{trainer.cfg.epochs}  " + "  ".join(f"{k} {_fmt(logs[k])}" for k in keys)
+        parts = [f"epoch {logs['epoch']}/{trainer.cfg.epochs}"]
+        parts += [f"{k} {_fmt(logs[k])}" for k in logs if k.startswith(("train_", "val_"))]
+        parts += [f"lr {logs['lr']:.3g}", f"{logs['samples_per_s']:,.0f} samples/s", f"{logs['time_s']:.1f}s"]
+        text = "  ".join(parts)
         if self.console is not None:
-            self.console.print(text, highlight=False)
+            self.console.print(text, highlight=False, soft_wrap=True)
         else:
             print(text, flush=True)
 

@@ -21,6 +21,8 @@ from .optim import Schedule, make_optimizer, make_schedule
 
 __all__ = ["Trainer", "StepContext", "resolve_device", "autocast_context"]
 
+LENGTH_DEPENDENT_SCHEDULES = {"onecycle", "cosine", "warmup_cosine"}  # their curve is fixed by the total steps
+
 
 def resolve_device(name: str = "auto") -> torch.device:
     """'auto' picks CUDA when present, then Apple's MPS, then the CPU."""
@@ -83,8 +85,19 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.device = device or resolve_device(cfg.device)
         self.model.to(self.device)
-        groups = task.configure_optimizers(model)
-        self.optimizers = {name: make_optimizer(params, cfg) for name, params in groups.items()}
+        if task.manual_optimization and cfg.accumulate > 1:
+            from ..errors import ConfigError
+
+            raise ConfigError(f"train.accumulate: the '{getattr(task, 'name', type(task).__name__)}' task steps its own "
+                              f"optimizers, so gradient accumulation does not apply; set train.accumulate: 1")
+        self.optimizers = {}
+        for name, group in task.configure_optimizers(model).items():
+            # a group is a parameter list, or {"params": [...], "lr": ..., ...} overriding train keys
+            if isinstance(group, dict):
+                overrides = {k: v for k, v in group.items() if k != "params"}
+                self.optimizers[name] = make_optimizer(group["params"], cfg.model_copy(update=overrides))
+            else:
+                self.optimizers[name] = make_optimizer(group, cfg)
         self.schedules: dict[str, Schedule] = {}
         self.epoch = 0  # epochs completed
         self.batch_in_epoch = 0  # batches of the current epoch already trained
@@ -95,6 +108,7 @@ class Trainer:
         self.diverged = False
         self.restored_epoch: int | None = None
         self.batches_per_epoch = 0
+        self.total_steps = 0  # optimizer steps the run is planned for (schedules depend on it)
         self._resume_state: dict[str, Any] | None = None
         self._running = self._fresh_running()  # the epoch's sums so far (saved, so resume is exact)
 
@@ -113,6 +127,7 @@ class Trainer:
             "batch_in_epoch": self.batch_in_epoch,
             "global_step": self.global_step,
             "history": self.history,
+            "total_steps": self.total_steps,
             "running": {k: (float(v) if torch.is_tensor(v) else v) for k, v in self._running.items() if k != "sums"}
             | {"sums": {k: float(v) for k, v in self._running["sums"].items()}},
         }
@@ -153,10 +168,18 @@ class Trainer:
         """Train until ``epochs`` or ``max_steps`` or a callback stops; returns the history."""
         cfg, model, task = self.cfg, self.model, self.task
         self.batches_per_epoch = len(train_loader)
-        total_steps = self._total_steps(self.batches_per_epoch)
+        total_steps = self.total_steps = self._total_steps(self.batches_per_epoch)
         steps_per_epoch = -(-self.batches_per_epoch // cfg.accumulate)
         self.schedules = {n: make_schedule(o, cfg, total_steps, steps_per_epoch) for n, o in self.optimizers.items()}
         if self._resume_state is not None:
+            planned = self._resume_state.get("total_steps", total_steps)
+            if planned != total_steps and cfg.scheduler.name in LENGTH_DEPENDENT_SCHEDULES:
+                from ..errors import ConfigError
+
+                raise ConfigError(
+                    f"train.epochs/max_steps: the '{cfg.scheduler.name}' schedule was planned for {planned} steps and "
+                    f"cannot be stretched to {total_steps} on resume; keep the run's length, or extend runs that use "
+                    f"scheduler none, step or plateau")
             for name, sched in self.schedules.items():
                 sched.load_state_dict(self._resume_state["schedules"].get(name, {}))
             set_rng_state(self._resume_state["rng"])
@@ -260,6 +283,10 @@ class Trainer:
         if monitor.startswith("val_"):
             keys.append(monitor[4:])
         return list(dict.fromkeys(keys))
+
+    def assert_finite(self) -> None:
+        """Raise :class:`TrainingDivergedError` if the epoch's loss so far is NaN or infinite."""
+        self._check_finite(self._running)
 
     def _check_finite(self, run: dict[str, Any]) -> dict[str, float]:
         """Synchronize running values; stop with a clear message on NaN/Inf (no checkpoint written)."""

@@ -1,0 +1,264 @@
+"""Config validation: unknown keys with suggestions, key paths in type errors, overrides, round trip."""
+
+from __future__ import annotations
+
+import pytest
+
+from helpers import REPO, write_yaml
+from layerwise import ConfigError, ExperimentConfig, load_config
+from layerwise.config import apply_overrides, parse_override
+
+IRIS = {"data": {"source": "builtin", "name": "iris"}, "model": {"family": "mlp"}}
+
+
+def _error(raw) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(raw)
+    message = str(info.value)
+    assert "\n" not in message, "config errors are one line"
+    return message
+
+
+# -- unknown keys and names ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw, path, suggestion",
+    [
+        ({"train": {"epoch": 3}}, "train.epoch", "epochs"),
+        ({"model": {"family": "cnn", "chanels": [8]}}, "model.chanels", "channels"),
+        ({"model": {"family": "mlp", "hiden": [8]}}, "model.hiden", "hidden"),
+        ({"model": {"family": "resnet", "widht": 8}}, "model.widht", "width"),
+        ({"data": {"source": "builtin", "nmae": "iris"}}, "data.nmae", "name"),
+        ({"data": {"augment": {"shfit": 0.1}}}, "data.augment.shfit", "shift"),
+        ({"train": {"early_stopping": {"patiense": 3}}}, "train.early_stopping.patiense", "patience"),
+        ({"train": {"scheduler": {"name": "step", "step_sise": 2}}}, "train.scheduler.step_sise", "step_size"),
+        ({"evaluate": {"splt": "val"}}, "evaluate.splt", "split"),
+        ({"trian": {"epochs": 1}}, "trian", "train"),
+    ],
+)
+def test_unknown_key_names_path_and_suggests(raw, path, suggestion):
+    message = _error(raw)
+    assert message.startswith(f"{path}:")
+    assert f"did you mean '{suggestion}'" in message
+
+
+def test_unknown_key_without_close_match_lists_valid_keys():
+    message = _error({"train": {"zzzzzz": 1}})
+    assert message.startswith("train.zzzzzz: unknown key")
+    assert "did you mean" not in message
+    assert "epochs" in message and "batch_size" in message
+
+
+@pytest.mark.parametrize(
+    "raw, key, bad, suggestion",
+    [
+        ({"model": {"family": "cnnn"}}, "model.family", "cnnn", "cnn"),
+        ({"model": {"family": "resnett"}}, "model.family", "resnett", "resnet"),
+        ({"train": {"optimizer": "adamw_"}}, "train.optimizer", "adamw_", "adamw"),
+        ({"train": {"optimizer": "sgdd"}}, "train.optimizer", "sgdd", "sgd"),
+        ({"train": {"scheduler": "cosin"}}, "train.scheduler.name", "cosin", "cosine"),
+        ({"train": {"scheduler": {"name": "onecylce"}}}, "train.scheduler.name", "onecylce", "onecycle"),
+        ({"data": {"source": "csvv", "path": "x.csv", "target": "y"}}, "data.source", "csvv", "csv"),
+        ({"data": {"source": "image_foldr", "path": "x"}}, "data.source", "image_foldr", "image_folder"),
+        ({"task": "clasification"}, "task", "clasification", "classification"),
+    ],
+)
+def test_unknown_registry_name_suggests_closest(raw, key, bad, suggestion):
+    message = _error(raw)
+    assert message.startswith(f"{key}:")
+    assert f"'{bad}'" in message
+    assert f"did you mean '{suggestion}'" in message
+    assert "choose one of:" in message
+
+
+@pytest.mark.parametrize(
+    "raw, path, received",
+    [
+        ({"train": {"epochs": "three"}}, "train.epochs", "'three'"),
+        ({"train": {"lr": "fast"}}, "train.lr", "'fast'"),
+        ({"train": {"batch_size": 0}}, "train.batch_size", "0"),
+        ({"model": {"family": "mlp", "hidden": "big"}}, "model.hidden", "'big'"),
+        ({"model": {"family": "cnn", "channels": [8, "x"]}}, "model.channels.1", "'x'"),
+        ({"data": {"val_fraction": 1.5}}, "data.val_fraction", "1.5"),
+        ({"data": {"augment": {"rotation": 500}}}, "data.augment.rotation", "500"),
+        ({"train": {"early_stopping": {"patience": -1}}}, "train.early_stopping.patience", "-1"),
+        ({"name": "has spaces"}, "name", "'has spaces'"),
+    ],
+)
+def test_wrong_type_names_key_path_and_received_value(raw, path, received):
+    message = _error(raw)
+    assert message.startswith(f"{path}:")
+    assert f"received {received}" in message
+
+
+@pytest.mark.parametrize(
+    "raw, path, bad, suggestion",
+    [
+        ({"evaluate": {"split": "tset"}}, "evaluate.split", "tset", "test"),
+        ({"train": {"precision": "bf61"}}, "train.precision", "bf61", "bf16"),
+        ({"data": {"sampler": "weigthed"}}, "data.sampler", "weigthed", "weighted"),
+        ({"model": {"family": "mlp", "activation": "gelu_"}}, "model.activation", "gelu_", "gelu"),
+    ],
+)
+def test_unknown_choice_suggests_closest(raw, path, bad, suggestion):
+    message = _error(raw)
+    assert message.startswith(f"{path}: ")
+    assert f"'{bad}'" in message
+    assert f"did you mean '{suggestion}'" in message
+    assert "choose one of:" in message
+
+
+def test_missing_required_key_is_named():
+    message = _error({"data": {"source": "csv", "target": "y"}})
+    assert message.startswith("data.path: required key is missing")
+
+
+def test_section_that_is_not_a_mapping(tmp_path):
+    assert _error({"train": 5}).startswith("train: expected a mapping")
+    assert _error(write_yaml(tmp_path / "list.yaml", "- a\n- b\n")).startswith("config: expected a mapping")
+
+
+def test_config_error_is_a_value_error():
+    with pytest.raises(ValueError):
+        load_config({"train": {"epoch": 1}})
+
+
+# -- files -----------------------------------------------------------------------------------
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = write_yaml(tmp_path / "bad.yaml", "train:\n  epochs: [1, 2\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: .* at line \d+, column \d+"):
+        load_config(bad)
+
+
+def test_empty_yaml_is_the_all_defaults_config(tmp_path):
+    cfg = load_config(write_yaml(tmp_path / "empty.yaml", ""))
+    assert cfg == load_config({})
+    assert cfg.model.family == "cnn" and cfg.data.source == "builtin"
+
+
+def test_none_is_the_embedded_default():
+    cfg = load_config(None)
+    assert cfg.name == "digits-cnn"
+    assert cfg.train.scheduler.name == "onecycle"
+
+
+# -- overrides -------------------------------------------------------------------------------
+
+
+def test_dotted_overrides():
+    cfg = load_config(IRIS, ["train.epochs=3", "train.lr=0.5", "model.hidden=[8, 4]", "data.augment.shift=0.1",
+                             "train.scheduler=cosine", "train.scheduler.min_lr=0.001", "name=my-run"])
+    assert cfg.train.epochs == 3
+    assert cfg.train.lr == 0.5
+    assert cfg.model.hidden == [8, 4]
+    assert cfg.data.augment.shift == 0.1  # a nested section created by the override
+    assert cfg.train.scheduler.name == "cosine" and cfg.train.scheduler.min_lr == 0.001
+    assert cfg.name == "my-run"
+
+
+def test_overrides_as_mapping_and_double_underscores():
+    cfg = load_config(IRIS, {"train__epochs": 4, "train.early_stopping": True})
+    assert cfg.train.epochs == 4
+    assert cfg.train.early_stopping is not None and cfg.train.early_stopping.monitor == "val_loss"
+
+
+def test_overrides_inside_shorthand_sections():
+    cfg = load_config({**IRIS, "train": {"early_stopping": True, "scheduler": "plateau"}},
+                      ["train.early_stopping.patience=2", "train.scheduler.factor=0.5"])
+    assert cfg.train.early_stopping.patience == 2 and cfg.train.early_stopping.monitor == "val_loss"
+    assert cfg.train.scheduler.name == "plateau" and cfg.train.scheduler.factor == 0.5
+
+
+def test_shorthand_values():
+    cfg = load_config({"train": {"scheduler": None, "early_stopping": False}})
+    assert cfg.train.scheduler.name == "none" and cfg.train.early_stopping is None
+
+
+def test_override_of_family_switches_the_model_schema():
+    cfg = load_config({"model": {"family": "cnn"}}, ["model.family=resnet"])
+    assert cfg.model.family == "resnet"
+    assert hasattr(cfg.model, "blocks")
+
+
+def test_bad_overrides():
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        parse_override("train.epochs")
+    with pytest.raises(ConfigError, match="'train.epochs' is a value, not a section"):
+        apply_overrides({"train": {"epochs": 3}}, {"train.epochs.x": 1})
+    with pytest.raises(ConfigError, match=r"^train\.epohcs: unknown key \(did you mean 'epochs'\?\)"):
+        load_config(IRIS, ["train.epohcs=2"])
+
+
+def test_parse_override_parses_yaml_values():
+    assert parse_override("train.epochs=3") == ("train.epochs", 3)
+    assert parse_override("train.nesterov=true") == ("train.nesterov", True)
+    assert parse_override("model.hidden=[1, 2]") == ("model.hidden", [1, 2])
+    assert parse_override("name=abc") == ("name", "abc")
+    assert parse_override("train.max_steps=") == ("train.max_steps", None)
+
+
+# -- round trip and reference ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        None,
+        IRIS,
+        {"data": {"source": "csv", "path": "x.csv", "target": ["a", "b"], "categorical_encoding": "embedding"},
+         "model": {"family": "mlp", "hidden": [4]}, "task": "regression"},
+        {"data": {"augment": {"shift": 0.1, "flip": True}}, "model": {"family": "resnet", "blocks": [1, 1]},
+         "train": {"scheduler": {"name": "plateau", "patience": 1}, "early_stopping": True, "class_weight": [1, 2]}},
+        {"model": {"family": "python", "target": "net.py:Net", "args": {"hidden": 4}}},
+    ],
+)
+def test_round_trip(raw):
+    cfg = load_config(raw)
+    again = load_config(cfg.to_dict())
+    assert again == cfg
+    assert again.to_yaml() == cfg.to_yaml()
+    assert load_config(cfg) == cfg
+    assert isinstance(again, ExperimentConfig)
+
+
+def test_round_trip_through_a_yaml_file(tmp_path):
+    cfg = load_config(IRIS, ["train.scheduler=warmup_cosine", "train.epochs=7"])
+    path = tmp_path / "resolved.yaml"
+    path.write_text(cfg.to_yaml())
+    assert load_config(path) == cfg
+
+
+def test_validate_assignment():
+    cfg = load_config(IRIS)
+    with pytest.raises(ValueError):
+        cfg.train.epochs = 0
+
+
+def test_docs_reference_is_generated_from_the_schemas():
+    from layerwise._reference import config_reference
+
+    doc = REPO / "docs" / "configuration.md"
+    if not doc.is_file():
+        pytest.skip("docs/configuration.md does not exist yet; generate it with `layerwise config --reference`")
+    assert doc.read_text(encoding="utf-8") == config_reference(), (
+        "docs/configuration.md is out of date; regenerate it with `layerwise config --reference > docs/configuration.md`"
+    )
+
+
+def test_reference_covers_every_registered_name():
+    from layerwise import FAMILIES, SOURCES
+    from layerwise._reference import config_reference
+    from layerwise.train import OPTIMIZERS, SCHEDULERS
+
+    text = config_reference()
+    for name in [*FAMILIES.names(), *SOURCES.names()]:
+        assert f": {name} " in text, name
+    for name in [*OPTIMIZERS.names(), *SCHEDULERS.names()]:
+        assert name in text
+    for key in ("epochs", "checkpoint_every", "auc_thresholds", "categorical_encoding", "channels"):
+        assert f"`{key}`" in text
