@@ -5,7 +5,7 @@ same optimizer, in one process; the two loops alternate so machine noise hits bo
 samples/s of each and the ratio layerwise / plain (goal: >= 0.97), median over repeats.
 
     python benchmarks/overhead.py                      # MLP and CNN on MNIST (../shared/data/mnist)
-    python benchmarks/overhead.py --limit 20000 --repeats 5
+    python benchmarks/overhead.py --limit 20000 --repeats 3   # quicker
 """
 
 from __future__ import annotations
@@ -53,13 +53,13 @@ def plain_epoch(model, x_all, y_all, transform, batch_size, seed, epoch, optimiz
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(MNIST))
-    parser.add_argument("--limit", type=int, default=20000, help="training samples per epoch")
+    parser.add_argument("--limit", type=int, default=None, help="training samples per epoch (default: all 60,000)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--models", default="mlp,cnn")
     args = parser.parse_args()
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {args.limit} samples/epoch, "
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {args.limit or 60000} samples/epoch, "
           f"batch {args.batch_size}, {args.repeats} alternating repeats")
     for name in args.models.split(","):
         cfg = load_config({

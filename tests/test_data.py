@@ -358,7 +358,7 @@ def test_augmentation_changes_training_batches_only():
 def test_flip_mirrors_images():
     pre = ImagePreprocessor(1, (4, 4), normalize=False, augment={"flip": True})
     x = torch.arange(16, dtype=torch.uint8).view(1, 1, 4, 4).repeat(64, 1, 1, 1) * 10
-    out = pre.batch(x, train=True, generator=torch.Generator().manual_seed(0))
+    out = pre.batch(x, train=True, seed=0)
     base = x.float() / 255
     flipped = [torch.allclose(o, base[0].flip(-1), atol=1e-5) for o in out]
     same = [torch.allclose(o, base[0], atol=1e-5) for o in out]

@@ -28,8 +28,8 @@ class TwoOptimizerTask(Classification):
     def training_step(self, model, batch, ctx):
         x, y = batch
         outputs = model(x)
-        loss = F.cross_entropy(outputs, y, reduction="sum")
-        ctx.backward(loss / len(y))
+        loss = F.cross_entropy(outputs, y)
+        ctx.backward(loss)
         ctx.step("body")
         ctx.step("head")
         return StepOutput(loss.detach(), len(y), outputs, self.batch_sums(outputs, y))

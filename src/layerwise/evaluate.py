@@ -124,7 +124,7 @@ def evaluate_model(model: torch.nn.Module, task, loader, eval_cfg, *, keep_miscl
     with autocast_context(device, precision):
         for x, y in loader:
             out = task.evaluation_step(model, (x, y))
-            loss_sum += float(out.loss)
+            loss_sum += float(out.loss) * float(out.count)
             count += float(out.count)
             evaluator.update(out.outputs, y)
             if keep_misclassified and len(wrong) < keep_misclassified and task.target == "class":

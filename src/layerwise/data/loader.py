@@ -20,8 +20,8 @@ __all__ = ["BatchLoader"]
 class BatchLoader:
     """Iterate ``(x, y)`` batches of a :class:`Split`.
 
-    ``transform(x, train, generator)`` turns stored inputs into model inputs (normalization,
-    augmentation) after the batch is moved to ``device``.
+    ``transform(x, train, seed)`` turns stored inputs into model inputs (normalization,
+    augmentation seeded by ``seed``) after the batch is moved to ``device``.
     """
 
     def __init__(self, split: Split, batch_size: int, *, shuffle: bool = False, seed: int = 0,
@@ -61,8 +61,9 @@ class BatchLoader:
         order = self._order()
         x_all, y_all = self.split.x, self.split.y
         pin = self.device.type == "cuda"
+        n = len(self.split)
         for b in range(self.start_batch, len(self)):
-            lo, hi = b * self.batch_size, min((b + 1) * self.batch_size, len(self.split))
+            lo, hi = b * self.batch_size, min((b + 1) * self.batch_size, n)
             if order is None:
                 x, y = x_all[lo:hi], y_all[lo:hi]
             else:
@@ -70,12 +71,11 @@ class BatchLoader:
                 x, y = x_all[idx], y_all[idx]
             if pin:
                 x, y = x.pin_memory(), y.pin_memory()
-            x = x.to(self.device, non_blocking=True)
-            y = y.to(self.device, non_blocking=True)
+            if x.device != self.device:
+                x = x.to(self.device, non_blocking=True)
+                y = y.to(self.device, non_blocking=True)
             if self.transform is not None:
-                gen = None
-                if self.train:
-                    gen = torch.Generator().manual_seed((self.seed * 1_000_003 + self.epoch) * 100_003 + b)
-                x = self.transform(x, self.train, gen)
+                seed = (self.seed * 1_000_003 + self.epoch) * 100_003 + b if self.train else None
+                x = self.transform(x, self.train, seed)
             yield x, y
         self.start_batch = 0

@@ -151,7 +151,7 @@ class TabularPreprocessor:
         pre.fill_, pre.mean_, pre.std_, pre.levels_ = data["fill"], data["mean"], data["std"], data["levels"]
         return pre
 
-    def batch(self, x: torch.Tensor, train: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+    def batch(self, x: torch.Tensor, train: bool = False, seed: int | None = None) -> torch.Tensor:
         return x  # already float and standardized when stored
 
 
@@ -165,6 +165,7 @@ class ImagePreprocessor:
         self.size = tuple(size)
         self.normalize = normalize
         self.augment = augment or None
+        self._stats_cache: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         self.mean_ = [0.0] * channels
         self.std_ = [1.0] * channels
 
@@ -172,22 +173,35 @@ class ImagePreprocessor:
         if self.normalize:
             # statistics from a strided sample: exact enough and bounded in cost for big sets
             sample = images[:: max(1, len(images) // 20000)].float().div_(255)
+            self._stats_cache.clear()
             self.mean_ = sample.mean(dim=(0, 2, 3)).tolist()
             self.std_ = [max(s, 1e-6) for s in sample.std(dim=(0, 2, 3)).tolist()]
         return self
 
-    def batch(self, x: torch.Tensor, train: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Normalize a stored uint8 batch on its device; augment it when ``train``."""
+    def batch(self, x: torch.Tensor, train: bool = False, seed: int | None = None) -> torch.Tensor:
+        """Normalize a stored uint8 batch on its device; augment it when ``train``.
+
+        ``seed`` makes the augmentation of this batch reproducible (the loader derives it from
+        the run's seed, the epoch and the batch index, so a resumed run augments identically).
+        """
         x = x.float().div_(255)
+        generator = None
         if train and self.augment:
+            generator = torch.Generator().manual_seed(seed) if seed is not None else None
             x = _augment(x, self.augment, generator)
-        mean = torch.tensor(self.mean_, device=x.device).view(1, -1, 1, 1)
-        std = torch.tensor(self.std_, device=x.device).view(1, -1, 1, 1)
+        mean, std = self._stats(x.device)
         x = (x - mean) / std
         if train and self.augment and self.augment.get("noise"):
             noise = torch.randn(x.shape, generator=generator).to(x.device)
             x = x + self.augment["noise"] * noise
         return x
+
+    def _stats(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std as (1, C, 1, 1) tensors, made once per device rather than per batch."""
+        if device not in self._stats_cache:
+            self._stats_cache[device] = (torch.tensor(self.mean_, device=device).view(1, -1, 1, 1),
+                                         torch.tensor(self.std_, device=device).view(1, -1, 1, 1))
+        return self._stats_cache[device]
 
     def from_pixels(self, pixels: np.ndarray) -> torch.Tensor:
         """uint8 images from any reader (N, C, H, W) → the model's normalized input."""

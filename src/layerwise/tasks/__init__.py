@@ -30,9 +30,10 @@ TASKS: Registry[type["Task"]] = Registry("task", key="task")
 class StepOutput:
     """What a training or evaluation step returns.
 
-    ``loss`` is a *sum* over the batch and ``count`` its normalizer (samples, or total class weight):
-    the loop divides the accumulated sum by the accumulated count, so gradient accumulation gives
-    exactly the large-batch loss even when micro-batches differ in size.
+    ``loss`` is the batch's *mean* loss and ``count`` what it averages over (samples, or total class
+    weight). With gradient accumulation the loop back-propagates ``loss * count`` and divides the
+    summed gradients by the window's total count, so it gets exactly the large-batch gradient even
+    when micro-batches differ in size (averaging the micro-batch means would not).
     """
 
     loss: torch.Tensor

@@ -34,14 +34,13 @@ class Classification(Task):
 
     def loss(self, outputs, y):
         weight = None if self.weight is None else self.weight.to(outputs.device)
-        loss = F.cross_entropy(outputs.float(), y, weight=weight, reduction="sum",
-                               label_smoothing=self.label_smoothing)
-        # the weighted mean divides by the total weight of the batch, as PyTorch's 'mean' does
+        loss = F.cross_entropy(outputs.float(), y, weight=weight, label_smoothing=self.label_smoothing)
+        # PyTorch's weighted mean divides by the batch's total weight: that is what it averages over
         count = weight[y].sum() if weight is not None else y.shape[0]
         return loss, count
 
     def batch_sums(self, outputs, y):
-        return {"accuracy": (outputs.argmax(1) == y).sum()}
+        return {"accuracy": (outputs.detach().argmax(1) == y).sum()}
 
     def predict(self, outputs):
         proba = torch.softmax(outputs.float(), dim=1)

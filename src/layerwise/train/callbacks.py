@@ -7,17 +7,16 @@ returns its state from ``state_dict`` (saved in every checkpoint).
 
 from __future__ import annotations
 
-import copy
 import csv
 import math
-import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .checkpoint import atomic_write
+from .checkpoint import atomic_write, save_checkpoint
 
 __all__ = ["Callback", "EarlyStopping", "Checkpoint", "HistoryCSV", "ProgressBar", "EpochPrinter"]
 
@@ -92,24 +91,70 @@ class EarlyStopping(Callback):
         self.best_weights = state.get("best_weights")
 
 
-class Checkpoint(Callback):
-    """Write ``checkpoints/last.pt`` atomically after every epoch (and every N steps if asked)."""
+def _snapshot(obj: Any) -> Any:
+    """A copy of a state whose tensors training can no longer change."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone()
+    if isinstance(obj, dict):
+        return {k: _snapshot(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_snapshot(v) for v in obj)
+    return obj
 
-    def __init__(self, folder: Path, every_steps: int | None = None):
+
+class Checkpoint(Callback):
+    """Write ``checkpoints/last.pt`` atomically after every epoch (and every N steps if asked).
+
+    By default the write (serialization and fsync) runs in a background thread on a snapshot of the
+    state, so training does not wait for the disk; the next write, the end of training and a
+    divergence wait for it. A kill at any moment leaves the previous complete checkpoint.
+    """
+
+    def __init__(self, folder: Path, every_steps: int | None = None, background: bool = True):
         self.folder = Path(folder)
         self.every_steps = every_steps
+        self.background = background
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
 
     @property
     def path(self) -> Path:
         return self.folder / "last.pt"
 
+    def _write(self, state: dict[str, Any]) -> None:
+        try:
+            save_checkpoint(self.path, state)
+        except BaseException as exc:  # surfaced in the training thread by wait()
+            self._error = exc
+
+    def save(self, trainer) -> None:
+        self.wait()
+        if not self.background:
+            save_checkpoint(self.path, trainer.state_dict())
+            return
+        self._thread = threading.Thread(target=self._write, args=(_snapshot(trainer.state_dict()),),
+                                        name="layerwise-checkpoint")
+        self._thread.start()
+
+    def wait(self) -> None:
+        """Block until the write in flight (if any) is on disk; re-raise its error."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
     def on_batch_end(self, trainer, logs):
         if self.every_steps and logs.get("optimizer_step") and trainer.global_step % self.every_steps == 0:
             trainer.assert_finite()  # never let a diverged state overwrite the last good checkpoint
-            trainer.save_checkpoint(self.path)
+            self.save(trainer)
 
     def on_epoch_end(self, trainer, logs):
-        trainer.save_checkpoint(self.path)
+        self.save(trainer)
+
+    def on_fit_end(self, trainer):
+        self.wait()
 
 
 class HistoryCSV(Callback):

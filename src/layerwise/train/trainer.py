@@ -199,7 +199,6 @@ class Trainer:
             run = self._running if self.batch_in_epoch else self._fresh_running()
             self._running = run
             run["loss"] = torch.as_tensor(run["loss"], dtype=torch.float32, device=self.device)
-            run["count"] = torch.as_tensor(run["count"], dtype=torch.float32, device=self.device)
             run["sums"] = {k: torch.as_tensor(v, device=self.device) for k, v in run["sums"].items()}
             sums = run["sums"]
             samples_before = run["samples"]
@@ -211,11 +210,11 @@ class Trainer:
                     out = task.training_step(model, batch, ctx)
                 if not task.manual_optimization:
                     if accumulate == 1:
-                        (out.loss / out.count).backward()
-                    else:
-                        # backward on the sum; divide by the window's total count before stepping,
-                        # so the gradient is exactly the large-batch mean (unequal micro-batches too)
                         out.loss.backward()
+                    else:
+                        # backward on the batch's sum; divide by the window's total count before
+                        # stepping: exactly the large-batch mean, unequal micro-batches included
+                        (out.loss * out.count).backward()
                         window_count = window_count + out.count
                     in_window += 1
                 stepped = False
@@ -234,10 +233,18 @@ class Trainer:
                 if stepped:
                     self.global_step += 1
                 self.batch_in_epoch += 1
-                run["loss"] += out.loss.detach()
-                run["count"] += out.count
+                # one in-place op per value: this runs every step, next to a fast model's step
+                if torch.is_tensor(out.count):  # a weighted count
+                    run["loss"] += out.loss.detach() * out.count.detach()
+                    run["count"] = run["count"] + out.count.detach()
+                else:  # a sample count stays a Python number
+                    run["loss"].add_(out.loss.detach(), alpha=out.count)
+                    run["count"] += out.count
                 for k, v in out.sums.items():
-                    sums[k] = sums[k] + v.detach() if k in sums else v.detach().clone()
+                    if k in sums:
+                        sums[k].add_(v.detach())
+                    else:
+                        sums[k] = v.detach().clone()
                 n = len(batch[0]) if isinstance(batch, (tuple, list)) else len(batch)
                 run["samples"] += n
                 logs = {"batch_size": n, "optimizer_step": stepped}
