@@ -22,6 +22,17 @@ def did_you_mean(name: str, choices: list[str]) -> str:
     return " (did you mean " + " or ".join(f"'{c}'" for c in close) + "?)"
 
 
+def import_submodules(package: str, skip: tuple[str, ...] = ()) -> None:
+    """Import every public module of ``package``: adding a file is enough to register its entries."""
+    import importlib
+    import pkgutil
+
+    pkg = importlib.import_module(package)
+    for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda i: i.name):
+        if not info.name.startswith("_") and info.name not in skip:
+            importlib.import_module(f"{package}.{info.name}")
+
+
 class Registry(Generic[T]):
     """Names to objects, filled by ``@registry.register("name")``.
 

@@ -149,7 +149,7 @@ def models_show(config, overrides) -> None:
     from .runs import prepare
 
     prepared = prepare(load_config(config, list(overrides)))
-    rows = summarize(prepared.model, prepared.bundle.spec.input_shape)
+    rows = summarize(prepared.model, prepared.bundle.spec.example_input(1))
     table = Table(title=f"{prepared.config.model.family} for {prepared.bundle.spec.kind} input "
                         f"{tuple(prepared.bundle.spec.input_shape)}", header_style="bold")
     for col in ("layer", "type", "output shape", "parameters"):

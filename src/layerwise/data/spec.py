@@ -21,8 +21,8 @@ class DataSpec:
     they accept.
     """
 
-    kind: str  # "tabular" | "image" | ...
-    input_shape: tuple[int, ...]  # one sample, without the batch dimension: (C, H, W) or (F,)
+    kind: str  # "tabular" | "image" | "sequence" (floats, (T, F)) | "tokens" (integer ids, (T,))
+    input_shape: tuple[int, ...]  # one sample, without the batch dimension: (C, H, W), (F,), (T, F), (T,)
     target: Literal["class", "numeric"]
     num_classes: int | None = None
     class_names: list[str] | None = None
@@ -31,6 +31,12 @@ class DataSpec:
     feature_names: list[str] | None = None
     # tabular inputs encoded as embedding indices: (column position, cardinality) per column
     categorical: list[tuple[int, int]] = field(default_factory=list)
+    vocab_size: int | None = None  # "tokens" inputs: ids lie in [0, vocab_size)
+
+    def example_input(self, batch: int = 2) -> torch.Tensor:
+        """A batch of zeros of the right shape and dtype, for dry runs and summaries."""
+        dtype = torch.long if self.kind == "tokens" else torch.float32
+        return torch.zeros(batch, *self.input_shape, dtype=dtype)
 
     @property
     def num_outputs(self) -> int:
@@ -47,7 +53,7 @@ class DataSpec:
         data = dict(data)
         data["input_shape"] = tuple(data["input_shape"])
         data["categorical"] = [tuple(c) for c in data.get("categorical", [])]
-        return cls(**data)
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
 @dataclass

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from .._registry import Registry
+from .._registry import Registry, import_submodules
 from ..config import ModelConfig
 from ..data.spec import DataSpec
 from ..errors import ModelError
@@ -90,7 +90,7 @@ def check_output_shape(model: nn.Module, spec: DataSpec, what: str) -> None:
     model.eval()
     try:
         with torch.no_grad():
-            out = model(torch.zeros(2, *spec.input_shape))
+            out = model(spec.example_input(2))
     except Exception as exc:  # a user's module can fail in any way; name it and the input it got
         raise ModelError(
             f"{what} fails on inputs of shape (batch, {', '.join(map(str, spec.input_shape))}): "
@@ -131,4 +131,4 @@ def describe_family(name: str) -> dict[str, Any]:
     return {"family": name, "accepts": sorted(cls.accepts), "summary": doc[0] if doc else "", "params": params}
 
 
-from . import cnn, mlp, python, resnet  # noqa: E402,F401  (families register on import)
+import_submodules(__name__, skip=("layers", "summary"))  # each family file registers itself

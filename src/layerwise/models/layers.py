@@ -39,3 +39,30 @@ class TabularInput(nn.Module):
         for pos, emb in zip(self.slots, self.embeddings):
             parts.append(emb(x[:, pos].long().clamp_(0, emb.num_embeddings - 1)))
         return torch.cat(parts, dim=1)
+
+
+class SequenceInput(nn.Module):
+    """Maps a sequence batch to (B, T, width): token ids through an embedding, feature vectors
+    (``sequence`` inputs, (B, T, F)) through a linear projection. Shared by the sequence families."""
+
+    def __init__(self, spec: DataSpec, width: int):
+        super().__init__()
+        self.tokens = spec.kind == "tokens"
+        if self.tokens:
+            if not spec.vocab_size:
+                raise ValueError("a 'tokens' data spec needs vocab_size")
+            self.embed = nn.Embedding(spec.vocab_size, width)
+        else:
+            self.embed = nn.Linear(spec.input_shape[-1], width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.embed(x.long() if self.tokens else x)  # (B, T, width)
+
+
+def pool_sequence(hidden: torch.Tensor, how: str) -> torch.Tensor:
+    """(B, T, H) → (B, H): the last position, or the mean over positions."""
+    if how == "last":
+        return hidden[:, -1]
+    if how == "mean":
+        return hidden.mean(dim=1)
+    raise ValueError(f"unknown pooling {how!r}; expected 'last' or 'mean'")

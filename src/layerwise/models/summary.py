@@ -18,8 +18,8 @@ class LayerRow:
     parameters: int
 
 
-def summarize(model: nn.Module, input_shape: tuple[int, ...]) -> list[LayerRow]:
-    """Run one batch of zeros through ``model`` and record every leaf module's output shape."""
+def summarize(model: nn.Module, example: torch.Tensor) -> list[LayerRow]:
+    """Run ``example`` (a batch) through ``model`` and record every leaf module's output shape."""
     rows: list[LayerRow] = []
     hooks = []
 
@@ -37,7 +37,7 @@ def summarize(model: nn.Module, input_shape: tuple[int, ...]) -> list[LayerRow]:
     model.eval()
     try:
         with torch.no_grad():
-            model(torch.zeros(1, *input_shape))
+            model(example)
     finally:
         for h in hooks:
             h.remove()

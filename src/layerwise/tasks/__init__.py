@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from .._registry import Registry
+from .._registry import Registry, import_submodules
 
 if TYPE_CHECKING:
     from ..train.trainer import StepContext
@@ -118,4 +118,4 @@ def infer_task(spec, model_cls=None) -> str:
     return "classification" if spec.target == "class" else "regression"
 
 
-from . import classification, regression  # noqa: E402,F401
+import_submodules(__name__)  # each task file registers itself

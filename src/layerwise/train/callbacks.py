@@ -175,7 +175,7 @@ class HistoryCSV(Callback):
                 writer.writeheader()
                 writer.writerows(rows)
 
-        atomic_write(self.path, write)
+        atomic_write(self.path, write, durable=False)  # rebuilt from the checkpoint's history if lost
 
 
 def _fmt(value: Any) -> str:
