@@ -21,10 +21,14 @@ SPECS = {
     "tabular": DataSpec(kind="tabular", input_shape=(5,), target="class", num_classes=4),
     "tabular_embedded": DataSpec(kind="tabular", input_shape=(4,), target="numeric", num_targets=1,
                                  categorical=[(3, 6)]),
+    "sequence": DataSpec(kind="sequence", input_shape=(12, 3), target="class", num_classes=3),
+    "tokens": DataSpec(kind="tokens", input_shape=(10,), target="numeric", num_targets=1, vocab_size=17),
 }
 
 
 def _inputs(spec: DataSpec, batch: int = 4) -> torch.Tensor:
+    if spec.kind == "tokens":  # integer ids in [0, vocab_size)
+        return torch.randint(0, spec.vocab_size, (batch, *spec.input_shape), generator=torch.Generator().manual_seed(0))
     x = torch.randn(batch, *spec.input_shape, generator=torch.Generator().manual_seed(0))
     for position, cardinality in spec.categorical:
         x[:, position] = torch.arange(batch) % cardinality  # integer codes in embedding columns
