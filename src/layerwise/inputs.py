@@ -99,10 +99,12 @@ def read_inputs(source: Any, run, need_labels: bool = False) -> Inputs:
         if data_kind != kind:
             raise DataError(f"{path}: holds {data_kind} data but the run expects {kind} inputs")
         if kind == "tabular":
-            frame = x.copy()
-            frame.columns = run.preprocessing.inputs.numeric + run.preprocessing.inputs.categorical \
-                if x.shape[1] == len(run.preprocessing.inputs.numeric) + len(run.preprocessing.inputs.categorical) \
-                else frame.columns
+            # an array has no column names: its columns are the run's feature columns, in order
+            names = run.preprocessing.inputs.numeric + run.preprocessing.inputs.categorical
+            if x.shape[1] != len(names):
+                raise DataError(f"{path}: 'x' has {x.shape[1]} columns; the run expects {len(names)} "
+                                f"({', '.join(names[:8])}{'...' if len(names) > 8 else ''})")
+            frame = x.set_axis(names, axis=1)
             inputs = _frame_inputs(frame, run, str(path), False)
             return Inputs(Split(inputs.split.x, _encode(labels, run, str(path), len(frame))), inputs.ids, labels)
         return _image_inputs(x, [str(i) for i in range(len(x))], labels, run, str(path))
