@@ -2,8 +2,10 @@
 step-by-step loop of the minGRU cell.
 
 One layer each, input and hidden width 128, batch 16; a step is forward + ``out.square().mean()``
-+ backward. Each (model, length) runs ``--warmup`` untimed steps, then the median of ``--repeats``
-timed steps is printed in ms with the speed-up of the parallel minGRU over each other row.
++ backward. Each model runs ``--warmup`` untimed steps per length, then the best and median over ``--repeats``
+timed rounds (each round times one step of every model, interleaved) are printed in
+ms per step; "x mingru scan" is a row's best time over the parallel minGRU's (above 1: the scan is
+that many times faster). The best time is the one to compare on a shared, noisy machine.
 
 Memory: on CUDA, ``torch.cuda.max_memory_allocated`` during one step (above what was allocated
 before). On the CPU there is no allocator counter, so the column is the bytes of the tensors
@@ -114,27 +116,29 @@ def memory(model: nn.Module, x: torch.Tensor, device: torch.device) -> int:
 def bench(device: torch.device, lengths: list[int], repeats: int, warmup: int) -> None:
     print(f"\n== {device.type}" + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else
                                     f" ({torch.get_num_threads()} threads)")
-          + f": batch {BATCH}, width {WIDTH}, 1 layer, ms per training step (median of {repeats})")
+          + f": batch {BATCH}, width {WIDTH}, 1 layer, ms per training step over {repeats} interleaved rounds")
     mem_how = "peak CUDA allocation" if device.type == "cuda" else "autograd-saved tensor bytes"
-    print(f"{'length':>6}  {'model':<20} {'ms/step':>9} {'mingru scan x faster':>21} {'memory MiB':>11}  ({mem_how})")
+    print(f"{'length':>6}  {'model':<20} {'best ms':>9} {'median':>9} {'x mingru scan':>16} {'memory MiB':>11}  ({mem_how})")
     for length in lengths:
         x = torch.randn(BATCH, length, WIDTH, device=device)
-        rows = {}
-        for name, model in models().items():
+        built = models()
+        for model in built.values():
             model.to(device)
             for _ in range(warmup):
                 train_step(model, x)
-            times = []
-            for _ in range(repeats):
+        times: dict[str, list[float]] = {name: [] for name in built}
+        for _ in range(repeats):  # rounds over all models, so a busy moment on a shared machine hits all alike
+            for name, model in built.items():
                 sync(device)
                 start = time.perf_counter()
                 train_step(model, x)
                 sync(device)
-                times.append((time.perf_counter() - start) * 1000)
-            rows[name] = (statistics.median(times), memory(model, x, device) / 2**20)
+                times[name].append((time.perf_counter() - start) * 1000)
+        rows = {name: (min(times[name]), statistics.median(times[name]), memory(model, x, device) / 2**20)
+                for name, model in built.items()}
         base = rows["mingru (scan)"][0]
-        for name, (ms, mib) in rows.items():
-            print(f"{length:>6}  {name:<20} {ms:>9.2f} {ms / base:>21.2f} {mib:>11.1f}")
+        for name, (best, median, mib) in rows.items():
+            print(f"{length:>6}  {name:<20} {best:>9.2f} {median:>9.2f} {best / base:>16.2f} {mib:>11.1f}")
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ import torch
 
 __all__ = ["DataSpec", "RawData", "Split", "DataBundle"]
 
-InputKind = Literal["tabular", "image"]
+InputKind = Literal["tabular", "image", "sequence", "tokens"]
 
 
 @dataclass

@@ -26,7 +26,7 @@ from ..config import ModelConfig
 from . import LayerwiseModel
 from .layers import SequenceInput, pool_sequence
 
-__all__ = ["g", "log_g", "parallel_scan_log", "MinimalRNNConfig", "MinimalRNN"]
+__all__ = ["MinimalRNN", "MinimalRNNConfig", "g", "log_g", "parallel_scan_log"]
 
 
 def g(x: torch.Tensor) -> torch.Tensor:

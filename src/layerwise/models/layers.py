@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from ..data.spec import DataSpec
+from ..errors import ModelError
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "silu": nn.SiLU}
 
@@ -50,7 +51,7 @@ class SequenceInput(nn.Module):
         self.tokens = spec.kind == "tokens"
         if self.tokens:
             if not spec.vocab_size:
-                raise ValueError("a 'tokens' data spec needs vocab_size")
+                raise ModelError("token inputs need the data's vocab_size; the data source must set it in the spec")
             self.embed = nn.Embedding(spec.vocab_size, width)
         else:
             self.embed = nn.Linear(spec.input_shape[-1], width)
@@ -65,4 +66,4 @@ def pool_sequence(hidden: torch.Tensor, how: str) -> torch.Tensor:
         return hidden[:, -1]
     if how == "mean":
         return hidden.mean(dim=1)
-    raise ValueError(f"unknown pooling {how!r}; expected 'last' or 'mean'")
+    raise ModelError(f"model.pooling: unknown value {how!r}; choose one of: last, mean")

@@ -213,9 +213,9 @@ class RWKV(LayerwiseModel):
         width = config.width
         self.inputs = SequenceInput(spec, width)
         self.ln_in = nn.LayerNorm(width)  # RWKV normalizes the embedding before the first block
-        self.blocks = nn.ModuleList(
-            Block(width, width * config.ffn_mult, layer, config.layers, config.dropout) for layer in range(config.layers)
-        )
+        hidden = width * config.ffn_mult
+        self.blocks = nn.ModuleList(Block(width, hidden, layer, config.layers, config.dropout)
+                                    for layer in range(config.layers))
         self.ln_out = nn.LayerNorm(width)
         self.head = nn.Linear(width, spec.num_outputs)
 
