@@ -187,6 +187,10 @@ def _format_error(exc: ValidationError, prefix: str, schema: type[BaseModel]) ->
             message += f"; valid keys here: {', '.join(known)}"
     elif first["type"] == "missing":
         message = f"{path}: required key is missing"
+    elif first["type"] == "value_error":
+        # a schema's own check (e.g. across fields): its message already says what to do
+        text = first["msg"].removeprefix("Value error, ")
+        message = text if prefix and text.startswith(prefix) else f"{path}: {text}"
     elif first["type"] == "literal_error" and isinstance(first.get("input"), str):
         choices = [c.strip(" '") for c in first.get("ctx", {}).get("expected", "").replace(" or ", ",").split(",")]
         choices = [c for c in choices if c]

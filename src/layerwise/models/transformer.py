@@ -1,0 +1,313 @@
+"""The Transformer (Vaswani et al. 2017, "Attention Is All You Need") in the pre-LayerNorm form of GPT-2
+(Radford et al. 2019, "Language Models are Unsupervised Multitask Learners"), after nanoGPT.
+
+One family, two uses, chosen by ``causal``:
+
+* an *encoder* (``causal: false``): every position attends to every other; a learned CLS token
+  (``pooling: cls``), the mean or the last position feeds the head (classification, regression);
+* a *decoder-only* GPT-style model (``causal: true``): position t attends to positions <= t only, so
+  it can also run one token at a time with a KV cache (:meth:`Transformer.init_state`,
+  :meth:`Transformer.step`), and on token inputs :meth:`Transformer.lm_logits` gives next-token
+  logits through the (tied) embedding matrix.
+
+Attention goes through ``torch.nn.functional.scaled_dot_product_attention`` (FlashAttention or
+memory-efficient kernels on a GPU); :meth:`Transformer.attention_maps` recomputes the attention
+probabilities explicitly, per layer and head, for explanation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+from torch import nn
+
+from ..config import ModelConfig
+from ..errors import ModelError
+from . import LayerwiseModel, register_family
+from .layers import SequenceInput, pool_sequence
+
+__all__ = ["KVCache", "Transformer", "TransformerConfig"]
+
+
+# -- blocks ------------------------------------------------------------------------------------
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention: one projection to queries, keys and values, one back to the width."""
+
+    def __init__(self, width: int, heads: int, dropout: float, causal: bool):
+        super().__init__()
+        self.heads = heads
+        self.causal = causal
+        self.dropout = dropout
+        self.c_attn = nn.Linear(width, 3 * width)  # q, k, v for all heads at once
+        self.c_proj = nn.Linear(width, width)  # a residual projection: scaled at init, see Transformer
+        self.resid_drop = nn.Dropout(dropout)
+
+    def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, T, C) -> q, k, v, each (B, nh, T, hs)."""
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        return tuple(t.view(B, T, self.heads, C // self.heads).transpose(1, 2) for t in (q, k, v))
+
+    def merge(self, y: torch.Tensor) -> torch.Tensor:
+        """(B, nh, T, hs) -> the heads side by side, projected: (B, T, C)."""
+        B, nh, T, hs = y.shape
+        return self.resid_drop(self.c_proj(y.transpose(1, 2).reshape(B, T, nh * hs)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(x)  # (B, nh, T, hs)
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
+                                           is_causal=self.causal)  # (B, nh, T, hs)
+        return self.merge(y)
+
+    def forward_explicit(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same as :meth:`forward`, written out, also returning the probabilities (B, nh, T, T)."""
+        q, k, v = self.qkv(x)  # (B, nh, T, hs)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(k.shape[-1])  # (B, nh, T, T)
+        if self.causal:
+            T = x.shape[1]
+            future = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)
+            scores = scores.masked_fill(future, float("-inf"))
+        probs = scores.softmax(dim=-1)
+        dropped = F.dropout(probs, self.dropout, self.training)
+        return self.merge(dropped @ v), probs
+
+    def step(self, x: torch.Tensor, k_past: torch.Tensor, v_past: torch.Tensor):
+        """One new position: x (B, 1, C), cached k, v (B, nh, t, hs) -> (B, 1, C) and k, v (B, nh, t+1, hs)."""
+        q, k, v = self.qkv(x)  # (B, nh, 1, hs)
+        k, v = torch.cat([k_past, k], dim=2), torch.cat([v_past, v], dim=2)
+        # no mask: the one new query may see every cached position, all of them in its past
+        y = F.scaled_dot_product_attention(q, k, v)  # (B, nh, 1, hs)
+        return self.merge(y), k, v
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward: width -> ffn_mult * width -> GELU -> width."""
+
+    def __init__(self, width: int, hidden: int, dropout: float):
+        super().__init__()
+        self.c_fc = nn.Linear(width, hidden)
+        self.gelu = nn.GELU()
+        self.c_proj = nn.Linear(hidden, width)  # a residual projection: scaled at init
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm residual block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, width: int, heads: int, hidden: int, dropout: float, causal: bool):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(width)
+        self.attn = SelfAttention(width, heads, dropout, causal)
+        self.ln_2 = nn.LayerNorm(width)
+        self.mlp = MLP(width, hidden, dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+    def forward_explicit(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out, probs = self.attn.forward_explicit(self.ln_1(x))
+        x = x + out
+        return x + self.mlp(self.ln_2(x)), probs
+
+    def step(self, x: torch.Tensor, k_past: torch.Tensor, v_past: torch.Tensor):
+        out, k, v = self.attn.step(self.ln_1(x), k_past, v_past)
+        x = x + out
+        return x + self.mlp(self.ln_2(x)), k, v
+
+
+def sinusoidal_positions(max_len: int, width: int) -> torch.Tensor:
+    """The fixed encoding of Vaswani et al.: sin and cos of position / 10000^(2i/width), (max_len, width)."""
+    position = torch.arange(max_len, dtype=torch.float32)[:, None]  # (max_len, 1)
+    rate = torch.exp(torch.arange(0, width, 2, dtype=torch.float32) * (-math.log(10000.0) / width))
+    table = torch.zeros(max_len, width)
+    table[:, 0::2] = torch.sin(position * rate)
+    table[:, 1::2] = torch.cos(position * rate[: width // 2])  # an odd width has one sine more
+    return table
+
+
+# -- the model ---------------------------------------------------------------------------------
+
+
+class TransformerConfig(ModelConfig):
+    family: Literal["transformer"] = "transformer"
+    width: int = Field(128, ge=1, description="model width (d_model); a multiple of heads")
+    heads: int = Field(4, ge=1, description="attention heads per layer")
+    layers: int = Field(4, ge=1, description="transformer blocks")
+    ffn_mult: int = Field(4, ge=1, description="feed-forward hidden width, as a multiple of width")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on embeddings, attention and residual branches")
+    positions: Literal["learned", "sinusoidal"] = Field("learned", description="learned position embeddings, or the "
+                                                        "fixed sinusoidal encoding")
+    max_len: int = Field(512, ge=1, description="longest sequence (and generation) the model accepts")
+    causal: bool = Field(False, description="false: encoder, every position sees all; true: decoder-only "
+                                            "GPT-style model, position t sees <= t (step-by-step generation)")
+    pooling: Literal["cls", "mean", "last"] = Field("cls", description="what feeds the head: a learned CLS token "
+                                                    "(encoder only), the mean over positions, or the last position")
+    tie_weights: bool = Field(True, description="token inputs: the language-model output layer reuses the "
+                                                "embedding matrix")
+
+    @model_validator(mode="after")
+    def _check_combination(self) -> TransformerConfig:
+        if self.width % self.heads:
+            raise ValueError(f"model.width must be a multiple of model.heads; received width={self.width}, "
+                             f"heads={self.heads}")
+        if self.causal and self.pooling == "cls":
+            raise ValueError("model.pooling: 'cls' needs causal: false (a causal model's first position sees "
+                             "nothing after it); received pooling='cls', causal=true; use pooling 'last' or 'mean'")
+        return self
+
+
+@dataclass
+class KVCache:
+    """What a causal transformer has seen so far: per layer the keys and values (B, nh, t, hs)."""
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    position: int  # positions seen so far (t); the next step's position index
+
+
+@register_family("transformer")
+class Transformer(LayerwiseModel):
+    """Pre-LayerNorm transformer: an encoder (CLS, mean or last pooling), or a causal GPT-style decoder."""
+
+    accepts = frozenset({"sequence", "tokens"})
+    Config = TransformerConfig
+
+    def __init__(self, config: TransformerConfig, spec):
+        super().__init__(config, spec)
+        width = config.width
+        self.inputs = SequenceInput(spec, width)  # ids or features -> (B, T, width)
+        if config.positions == "learned":
+            self.pos_embed = nn.Embedding(config.max_len, width)
+        else:  # not saved: rebuilt from the config
+            self.register_buffer("pos_table", sinusoidal_positions(config.max_len, width), persistent=False)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, width)) if config.pooling == "cls" else None
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(width, config.heads, config.ffn_mult * width, config.dropout, config.causal)
+                                    for _ in range(config.layers))
+        self.ln_f = nn.LayerNorm(width)
+        self.head = nn.Linear(width, spec.num_outputs)
+        self.lm_head = None
+        if self.inputs.tokens:  # for a language-model task: next-token logits over the vocabulary
+            self.lm_head = nn.Linear(width, spec.vocab_size, bias=False)
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):  # GPT-2: residual projections scaled by 1/sqrt(2 * layers)
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.layers))
+        if self.cls_token is not None:
+            nn.init.normal_(self.cls_token, std=0.02)
+        if self.lm_head is not None and config.tie_weights:
+            self.lm_head.weight = self.inputs.embed.weight  # one (vocab, width) matrix in and out
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    # -- whole sequences ------------------------------------------------------------------------
+    def _positions(self, start: int, length: int, device: torch.device) -> torch.Tensor:
+        """Position encodings for positions start .. start+length-1: (length, width)."""
+        if start + length > self.config.max_len:
+            raise ModelError(f"model.max_len: the sequence reaches position {start + length} but the model takes at "
+                             f"most max_len={self.config.max_len}; raise model.max_len or shorten the sequences")
+        if self.config.positions == "learned":
+            return self.pos_embed(torch.arange(start, start + length, device=device))
+        return self.pos_table[start:start + length]
+
+    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T) ids or (B, T, F) features -> (B, T', width), T' = T + 1 with a CLS token in front."""
+        h = self.inputs(x)  # (B, T, width)
+        h = h + self._positions(0, h.shape[1], h.device)  # the CLS token below needs no position
+        if self.cls_token is not None:
+            h = torch.cat([self.cls_token.expand(h.shape[0], -1, -1), h], dim=1)  # (B, 1 + T, width)
+        return self.drop(h)
+
+    def _encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Every position after the final norm, the CLS token included: (B, T', width)."""
+        h = self._embed(x)
+        for block in self.blocks:
+            h = block(h)
+        return self.ln_f(h)
+
+    def forward_sequence(self, x: torch.Tensor) -> torch.Tensor:
+        """Every input position's output: (B, T) ids or (B, T, F) features -> (B, T, width)."""
+        h = self._encode(x)
+        return h[:, 1:] if self.cls_token is not None else h
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        h = self._encode(x)  # (B, T', width)
+        if self.cls_token is not None:
+            return h[:, 0]  # the CLS token, which attended to every position
+        return pool_sequence(h, self.config.pooling)  # (B, width)
+
+    def attention_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Attention probabilities of every layer, recomputed explicitly: a list of (B, heads, T', T').
+
+        Row i holds how position i distributes its attention over positions; rows sum to 1 and a
+        causal model's maps are lower-triangular. With ``pooling: cls`` position 0 is the CLS token
+        (T' = T + 1), so ``maps[-1][:, :, 0]`` is what the classifier's token looked at.
+
+        >>> maps = model.attention_maps(x)   # doctest: +SKIP
+        >>> maps[0].shape                    # (B, heads, T, T)  # doctest: +SKIP
+        """
+        h = self._embed(x)
+        maps = []
+        for block in self.blocks:
+            h, probs = block.forward_explicit(h)
+            maps.append(probs)
+        return maps
+
+    def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Next-token logits from :meth:`forward_sequence` (or :meth:`step`) outputs: (..., width) -> (..., vocab)."""
+        if self.lm_head is None:
+            raise ModelError(f"lm_logits needs token inputs (a vocabulary to predict); this model reads "
+                             f"{self.spec.kind} inputs")
+        return self.lm_head(hidden)
+
+    # -- one position at a time (causal generation) -----------------------------------------------
+    def init_state(self, batch_size: int) -> KVCache:
+        """An empty KV cache: per layer keys and values of shape (B, heads, 0, width // heads)."""
+        self._check_causal()
+        weight = self.head.weight
+        heads, hs = self.config.heads, self.config.width // self.config.heads
+        empty = [weight.new_zeros(batch_size, heads, 0, hs) for _ in self.blocks]
+        return KVCache(keys=empty, values=list(empty), position=0)
+
+    def step(self, x_t: torch.Tensor, state: KVCache) -> tuple[torch.Tensor, KVCache]:
+        """One position: ``x_t`` is (B, F) features or (B,) token ids; returns (B, width) and the grown cache.
+
+        Earlier positions are not recomputed: the new query attends to the cached keys and values.
+        The cache passed in is left unchanged, so it can be reused (e.g. to branch a generation).
+
+        >>> state = model.init_state(4)                               # doctest: +SKIP
+        >>> for t in range(T): h, state = model.step(x[:, t], state)  # doctest: +SKIP
+        >>> next_token = model.lm_logits(h).argmax(-1)                # doctest: +SKIP
+        """
+        self._check_causal()
+        h = self.inputs(x_t.unsqueeze(1))  # (B, 1, width)
+        h = self.drop(h + self._positions(state.position, 1, h.device))
+        keys, values = [], []
+        for block, k_past, v_past in zip(self.blocks, state.keys, state.values):
+            h, k, v = block.step(h, k_past, v_past)  # k, v: (B, nh, t + 1, hs)
+            keys.append(k)
+            values.append(v)
+        return self.ln_f(h)[:, 0], KVCache(keys=keys, values=values, position=state.position + 1)
+
+    def _check_causal(self) -> None:
+        if not self.config.causal:
+            raise ModelError("model.causal: an encoder transformer attends to later positions, so it cannot run "
+                             "step by step; set model.causal: true (and pooling 'last' or 'mean') to generate")
