@@ -203,10 +203,6 @@ class ImagePreprocessor:
                                          torch.tensor(self.std_, device=device).view(1, -1, 1, 1))
         return self._stats_cache[device]
 
-    def from_pixels(self, pixels: np.ndarray) -> torch.Tensor:
-        """uint8 images from any reader (N, C, H, W) → the model's normalized input."""
-        return self.batch(torch.as_tensor(pixels))
-
     def to_dict(self) -> dict[str, Any]:
         return {"kind": "image", "channels": self.channels, "size": list(self.size), "normalize": self.normalize,
                 "augment": self.augment, "mean": self.mean_, "std": self.std_}

@@ -10,8 +10,6 @@ import torch
 
 __all__ = ["DataSpec", "RawData", "Split", "DataBundle"]
 
-InputKind = Literal["tabular", "image", "sequence", "tokens"]
-
 
 @dataclass
 class DataSpec:
@@ -84,10 +82,6 @@ class Split:
 
     def __len__(self) -> int:
         return len(self.x)
-
-    def subset(self, index: np.ndarray | torch.Tensor) -> "Split":
-        index = torch.as_tensor(index, dtype=torch.long)
-        return Split(self.x[index], self.y[index])
 
 
 @dataclass
