@@ -85,7 +85,7 @@ def test_attention_maps_are_probabilities_and_match_forward(pooling, tokens):
     with torch.no_grad():
         h = model.embed(x)
         for block in model.blocks:
-            h, _ = block.forward_with_weights(h)
+            h, _ = block.forward_explicit(h)
         assert torch.allclose(model.pool(h), model.forward_features(x), atol=1e-5)
 
 

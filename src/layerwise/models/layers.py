@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..data.spec import DataSpec
@@ -67,3 +70,98 @@ def pool_sequence(hidden: torch.Tensor, how: str) -> torch.Tensor:
     if how == "mean":
         return hidden.mean(dim=1)
     raise ModelError(f"model.pooling: unknown value {how!r}; choose one of: last, mean")
+
+
+# -- pre-norm transformer blocks (the transformer and vit families) -------------------------
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention: one projection to queries, keys and values, one back to the width."""
+
+    def __init__(self, width: int, heads: int, dropout: float, causal: bool = False):
+        super().__init__()
+        if width % heads:
+            raise ModelError(f"model.width: {width} must be divisible by model.heads ({heads}); "
+                             f"e.g. width {heads * max(1, round(width / heads))}")
+        self.heads = heads
+        self.causal = causal
+        self.dropout = dropout
+        self.c_attn = nn.Linear(width, 3 * width)  # q, k, v for all heads at once
+        self.c_proj = nn.Linear(width, width)  # a residual projection: scaled at init by the transformer family
+        self.resid_drop = nn.Dropout(dropout)
+
+    def qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, T, C) -> q, k, v, each (B, nh, T, hs)."""
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(C, dim=2)
+        return tuple(t.view(B, T, self.heads, C // self.heads).transpose(1, 2) for t in (q, k, v))
+
+    def merge(self, y: torch.Tensor) -> torch.Tensor:
+        """(B, nh, T, hs) -> the heads side by side, projected: (B, T, C)."""
+        B, nh, T, hs = y.shape
+        return self.resid_drop(self.c_proj(y.transpose(1, 2).reshape(B, T, nh * hs)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(x)  # (B, nh, T, hs)
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
+                                           is_causal=self.causal)  # (B, nh, T, hs)
+        return self.merge(y)
+
+    def forward_explicit(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same as :meth:`forward`, written out, also returning the probabilities (B, nh, T, T)."""
+        q, k, v = self.qkv(x)  # (B, nh, T, hs)
+        scores = q @ k.transpose(-2, -1) / math.sqrt(k.shape[-1])  # (B, nh, T, T)
+        if self.causal:
+            T = x.shape[1]
+            future = torch.ones(T, T, dtype=torch.bool, device=x.device).triu(1)
+            scores = scores.masked_fill(future, float("-inf"))
+        probs = scores.softmax(dim=-1)
+        dropped = F.dropout(probs, self.dropout, self.training)
+        return self.merge(dropped @ v), probs
+
+    def step(self, x: torch.Tensor, k_past: torch.Tensor, v_past: torch.Tensor):
+        """One new position: x (B, 1, C), cached k, v (B, nh, t, hs) -> (B, 1, C) and k, v (B, nh, t+1, hs)."""
+        q, k, v = self.qkv(x)  # (B, nh, 1, hs)
+        k, v = torch.cat([k_past, k], dim=2), torch.cat([v_past, v], dim=2)
+        # no mask: the one new query may see every cached position, all of them in its past
+        y = F.scaled_dot_product_attention(q, k, v)  # (B, nh, 1, hs)
+        return self.merge(y), k, v
+
+
+class MLP(nn.Module):
+    """Position-wise feed-forward: width -> ffn_mult * width -> GELU -> width."""
+
+    def __init__(self, width: int, hidden: int, dropout: float):
+        super().__init__()
+        self.c_fc = nn.Linear(width, hidden)
+        self.gelu = nn.GELU()
+        self.c_proj = nn.Linear(hidden, width)  # a residual projection: scaled at init
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm residual block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, width: int, heads: int, hidden: int, dropout: float, causal: bool = False):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(width)
+        self.attn = SelfAttention(width, heads, dropout, causal)
+        self.ln_2 = nn.LayerNorm(width)
+        self.mlp = MLP(width, hidden, dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+    def forward_explicit(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out, probs = self.attn.forward_explicit(self.ln_1(x))
+        x = x + out
+        return x + self.mlp(self.ln_2(x)), probs
+
+    def step(self, x: torch.Tensor, k_past: torch.Tensor, v_past: torch.Tensor):
+        out, k, v = self.attn.step(self.ln_1(x), k_past, v_past)
+        x = x + out
+        return x + self.mlp(self.ln_2(x)), k, v

@@ -13,17 +13,16 @@ than inside the fused kernel, for explanation methods such as attention rollout.
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
 from ..config import ModelConfig
 from ..errors import ModelError
 from . import LayerwiseModel, register_family
+from .layers import Block
 
 AUTO_PATCHES = (4, 2, 1)  # "auto" takes the largest of these dividing both image sides
 
@@ -55,78 +54,6 @@ def resolve_patch_size(patch_size: int | str, height: int, width: int) -> int:
     )
 
 
-# -- blocks ------------------------------------------------------------------------------------
-
-
-class Attention(nn.Module):
-    """Multi-head self-attention over all tokens (no mask: every patch sees every patch)."""
-
-    def __init__(self, width: int, heads: int, dropout: float):
-        super().__init__()
-        if width % heads:
-            raise ModelError(f"model.width: {width} must be divisible by model.heads ({heads}); "
-                             f"e.g. width {heads * max(1, round(width / heads))}")
-        self.heads = heads
-        self.qkv = nn.Linear(width, 3 * width)  # query, key and value for all heads in one matmul
-        self.proj = nn.Linear(width, width)
-        self.dropout = dropout
-        self.resid_dropout = nn.Dropout(dropout)
-
-    def _split_heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)  # each (B, T, C)
-        # (B, T, C) -> (B, nh, T, hs)
-        return tuple(t.view(B, T, self.heads, C // self.heads).transpose(1, 2) for t in (q, k, v))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, C = x.shape
-        q, k, v = self._split_heads(x)  # (B, nh, T, hs)
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)  # (B, nh, T, hs)
-        y = y.transpose(1, 2).reshape(B, T, C)  # heads side by side again: (B, T, C)
-        return self.resid_dropout(self.proj(y))
-
-    def forward_with_weights(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The same output without dropout, and the attention probabilities (B, nh, T, T)."""
-        B, T, C = x.shape
-        q, k, v = self._split_heads(x)  # (B, nh, T, hs)
-        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(k.size(-1)))  # (B, nh, T, T)
-        att = att.softmax(dim=-1)
-        y = (att @ v).transpose(1, 2).reshape(B, T, C)  # (B, nh, T, hs) -> (B, T, C)
-        return self.proj(y), att
-
-
-class MLP(nn.Module):
-    def __init__(self, width: int, hidden: int, dropout: float):
-        super().__init__()
-        self.fc = nn.Linear(width, hidden)
-        self.gelu = nn.GELU()
-        self.proj = nn.Linear(hidden, width)
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.proj(self.dropout(self.gelu(self.fc(x)))))
-
-
-class Block(nn.Module):
-    """Pre-norm encoder block: the residual stream is never normalized, which keeps deep stacks stable."""
-
-    def __init__(self, width: int, heads: int, mlp_ratio: float, dropout: float):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(width)
-        self.attn = Attention(width, heads, dropout)
-        self.norm2 = nn.LayerNorm(width)
-        self.mlp = MLP(width, max(1, round(width * mlp_ratio)), dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
-
-    def forward_with_weights(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        out, att = self.attn.forward_with_weights(self.norm1(x))
-        x = x + out
-        return x + self.mlp(self.norm2(x)), att
-
-
 # -- the model ---------------------------------------------------------------------------------
 
 
@@ -149,8 +76,9 @@ class ViT(LayerwiseModel):
         tokens = num_patches + (1 if self.cls_token is not None else 0)
         self.pos_embed = nn.Parameter(torch.zeros(1, tokens, config.width))  # learned, one per token
         self.embed_dropout = nn.Dropout(config.dropout)
+        hidden = max(1, round(config.width * config.mlp_ratio))
         self.blocks = nn.ModuleList(
-            Block(config.width, config.heads, config.mlp_ratio, config.dropout) for _ in range(config.layers)
+            Block(config.width, config.heads, hidden, config.dropout) for _ in range(config.layers)  # no mask
         )
         self.norm = nn.LayerNorm(config.width)
         self.head = nn.Linear(config.width, spec.num_outputs)
@@ -192,13 +120,13 @@ class ViT(LayerwiseModel):
         """Each layer's attention probabilities, (B, heads, T, T) with rows summing to 1.
 
         Token 0 is the CLS token when ``pooling`` is "cls"; the patches follow in row-major order.
-        Computed without attention dropout, whatever the mode.
+        The probabilities are returned before attention dropout.
 
         >>> maps = model.attention_maps(images)  # len(maps) == config.layers
         """
         x = self.embed(x)
         maps = []
         for block in self.blocks:
-            x, att = block.forward_with_weights(x)
+            x, att = block.forward_explicit(x)
             maps.append(att)
         return maps
