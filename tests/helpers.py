@@ -16,7 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 import yaml
+
+from layerwise.data.spec import DataSpec
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -167,3 +170,31 @@ def cli(*args: Any, cwd: Path, timeout: float = 300) -> tuple[int, str, str]:
     proc = subprocess.run(cli_command(*args), cwd=cwd, env=cli_env(), capture_output=True, text=True,
                           timeout=timeout)
     return proc.returncode, proc.stdout, proc.stderr
+
+
+# -- sequence families ---------------------------------------------------------------------------
+
+
+def sequence_spec(kind: str, steps: int) -> DataSpec:
+    """A tiny spec of ``steps`` positions: float features (3 per step) or token ids (vocabulary 23)."""
+    if kind == "tokens":
+        return DataSpec(kind="tokens", input_shape=(steps,), target="numeric", num_targets=2, vocab_size=23)
+    return DataSpec(kind="sequence", input_shape=(steps, 3), target="class", num_classes=3)
+
+
+def sequence_inputs(spec, batch: int, seed: int = 1, scale: float = 1.0):
+    """Seeded random inputs for ``spec``: ids in [0, vocab_size) or scaled Gaussian features."""
+    gen = torch.Generator().manual_seed(seed)
+    if spec.kind == "tokens":
+        return torch.randint(0, spec.vocab_size, (batch, *spec.input_shape), generator=gen)
+    return scale * torch.randn(batch, *spec.input_shape, generator=gen)
+
+
+def run_steps(model, x, state=None):
+    """(B, T, ...) -> ((B, T, H), final state) by calling ``model.step`` once per position."""
+    state = model.init_state(x.shape[0]) if state is None else state
+    outputs = []
+    for t in range(x.shape[1]):
+        hidden, state = model.step(x[:, t], state)
+        outputs.append(hidden)
+    return torch.stack(outputs, dim=1), state

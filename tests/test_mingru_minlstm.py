@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from helpers import run_steps
 from layerwise.config import TrainConfig
 from layerwise.data.loader import BatchLoader
 from layerwise.data.spec import DataSpec, Split
@@ -31,15 +32,6 @@ def _inputs(spec: DataSpec, batch: int = 3, length: int | None = None) -> torch.
     if spec.kind == "tokens":
         return torch.randint(0, spec.vocab_size, (batch, length), generator=gen)
     return torch.randn(batch, length, *spec.input_shape[1:], generator=gen)
-
-
-def _stepped(model, x: torch.Tensor, state=None) -> torch.Tensor:
-    state = model.init_state(x.shape[0]) if state is None else state
-    outs = []
-    for t in range(x.shape[1]):
-        out, state = model.step(x[:, t], state)
-        outs.append(out)
-    return torch.stack(outs, dim=1)
 
 
 # -- the scan and its helpers ------------------------------------------------------------------
@@ -90,7 +82,7 @@ def test_parallel_equals_recurrent(family, spec):
     x = _inputs(spec)
     with torch.no_grad():
         parallel = model.forward_sequence(x)
-        stepped = _stepped(model, x)
+        stepped = run_steps(model, x)[0]
     assert parallel.shape == (3, 256, 24)
     assert (parallel - stepped).abs().max().item() <= 1e-4
     # pooled features are the last (or mean) position of the same sequence
@@ -104,7 +96,7 @@ def test_parallel_equals_recurrent_other_layouts(family, residual, norm):
     model = _model(family, SEQUENCE, residual=residual, norm=norm).eval()
     x = _inputs(SEQUENCE, length=64)
     with torch.no_grad():
-        assert (model.forward_sequence(x) - _stepped(model, x)).abs().max().item() <= 1e-4
+        assert (model.forward_sequence(x) - run_steps(model, x)[0]).abs().max().item() <= 1e-4
 
 
 @pytest.mark.parametrize("family", FAMILY_NAMES)
@@ -115,7 +107,7 @@ def test_prefill_then_step_continues_the_sequence(family):
         full = model.forward_sequence(x)
         head, state = model.forward_sequence(x[:, :25], return_state=True)
         rest_parallel = model.forward_sequence(x[:, 25:], state=state)
-        rest_stepped = _stepped(model, x[:, 25:], state)
+        rest_stepped = run_steps(model, x[:, 25:], state)[0]
     assert torch.allclose(head, full[:, :25], atol=1e-5)
     assert (rest_parallel - full[:, 25:]).abs().max().item() <= 1e-4
     assert (rest_stepped - full[:, 25:]).abs().max().item() <= 1e-4

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from helpers import run_steps, sequence_inputs, sequence_spec
 from layerwise import FAMILIES, ModelError
 from layerwise.config import TrainConfig
 from layerwise.data.loader import BatchLoader
@@ -15,29 +16,6 @@ from layerwise.tasks.classification import Classification
 from layerwise.train import Trainer
 
 RECURRENT = ["rnn", "lstm", "gru"]
-
-
-def _spec(kind: str, steps: int) -> DataSpec:
-    if kind == "tokens":
-        return DataSpec(kind="tokens", input_shape=(steps,), target="numeric", num_targets=2, vocab_size=23)
-    return DataSpec(kind="sequence", input_shape=(steps, 3), target="class", num_classes=3)
-
-
-def _inputs(spec: DataSpec, batch: int, scale: float = 1.0) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(1)
-    if spec.kind == "tokens":
-        return torch.randint(0, spec.vocab_size, (batch, *spec.input_shape), generator=gen)
-    return scale * torch.randn(batch, *spec.input_shape, generator=gen)
-
-
-def _run_steps(model, x: torch.Tensor) -> torch.Tensor:
-    """(B, T, ...) -> (B, T, H) by calling ``step`` once per position."""
-    state = model.init_state(x.shape[0])
-    outputs = []
-    for t in range(x.shape[1]):
-        hidden, state = model.step(x[:, t], state)
-        outputs.append(hidden)
-    return torch.stack(outputs, dim=1)
 
 
 # -- RWKV ------------------------------------------------------------------------------------
@@ -55,12 +33,12 @@ def _rwkv(spec: DataSpec, **config):
 
 @pytest.mark.parametrize("kind", ["sequence", "tokens"])
 def test_rwkv_parallel_and_recurrent_forms_agree(kind):
-    spec = _spec(kind, 256)
+    spec = sequence_spec(kind, 256)
     model = _rwkv(spec)
-    x = _inputs(spec, 3)
+    x = sequence_inputs(spec, 3)
     with torch.no_grad():
         parallel = model.forward_sequence(x)
-        recurrent = _run_steps(model, x)
+        recurrent = run_steps(model, x)[0]
     assert parallel.shape == (3, 256, 32)
     assert (parallel - recurrent).abs().max().item() <= 1e-4
     # the pooled features are the last position of the same sequence
@@ -80,10 +58,10 @@ def test_rwkv_wkv_chunking_does_not_change_the_result():
 
 
 def test_rwkv_long_sequence_with_large_inputs_is_finite():
-    spec = _spec("sequence", 2048)
+    spec = sequence_spec("sequence", 2048)
     model = _rwkv(spec, pooling="mean")
     model.train()
-    x = _inputs(spec, 2, scale=1e4)
+    x = sequence_inputs(spec, 2, scale=1e4)
     out = model(x)
     assert torch.isfinite(out).all()
     out.square().mean().backward()
@@ -98,18 +76,18 @@ def test_rwkv_long_sequence_with_large_inputs_is_finite():
 @pytest.mark.parametrize("family", RECURRENT)
 def test_recurrent_step_equals_forward_sequence(family, kind):
     torch.manual_seed(0)
-    spec = _spec(kind, 20)
+    spec = sequence_spec(kind, 20)
     model = build_model(FAMILIES.get(family).Config(hidden=16, embedding=8, layers=2), spec).eval()
-    x = _inputs(spec, 3)
+    x = sequence_inputs(spec, 3)
     with torch.no_grad():
         sequence = model.forward_sequence(x)
         assert sequence.shape == (3, 20, 16)
-        assert torch.allclose(_run_steps(model, x), sequence, atol=1e-5)
+        assert torch.allclose(run_steps(model, x)[0], sequence, atol=1e-5)
         assert torch.allclose(model.forward_features(x), sequence[:, -1])
 
 
 def test_rnn_relu_nonlinearity_reaches_the_cell():
-    spec = _spec("sequence", 5)
+    spec = sequence_spec("sequence", 5)
     model = build_model(FAMILIES.get("rnn").Config(nonlinearity="relu"), spec)
     assert model.rnn.nonlinearity == "relu"
     with pytest.raises(ValueError):  # only the Elman cell has a choice of non-linearity
@@ -118,9 +96,9 @@ def test_rnn_relu_nonlinearity_reaches_the_cell():
 
 def test_bidirectional_last_pooling_uses_both_final_states():
     torch.manual_seed(0)
-    spec = _spec("sequence", 15)
+    spec = sequence_spec("sequence", 15)
     model = build_model(FAMILIES.get("lstm").Config(hidden=8, embedding=6, layers=2, bidirectional=True), spec).eval()
-    x = _inputs(spec, 4)
+    x = sequence_inputs(spec, 4)
     with torch.no_grad():
         features = model.forward_features(x)
         _, (h_n, _) = model.rnn(model.inputs(x))  # h_n: (layers * 2, B, hidden)
@@ -163,7 +141,7 @@ def test_family_learns_whether_a_sequence_sums_above_zero(family, config):
 @pytest.mark.parametrize("family", RECURRENT + ["rwkv"])
 @pytest.mark.parametrize("kind", ["sequence", "tokens"])
 def test_build_model_passes_the_dry_run(family, kind):
-    spec = _spec(kind, 6)
+    spec = sequence_spec(kind, 6)
     model = build_model(FAMILIES.get(family).Config(), spec)  # build_model runs the shape check
     assert model(spec.example_input(2)).shape == (2, spec.num_outputs)
 

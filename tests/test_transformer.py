@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from helpers import run_steps, sequence_inputs, sequence_spec
 from layerwise import FAMILIES, ModelError
 from layerwise.config import TrainConfig
 from layerwise.data.loader import BatchLoader
@@ -18,34 +19,9 @@ from layerwise.train import Trainer
 TINY = {"width": 32, "heads": 4, "layers": 2}
 
 
-def _spec(kind: str, steps: int) -> DataSpec:
-    if kind == "tokens":
-        return DataSpec(kind="tokens", input_shape=(steps,), target="numeric", num_targets=2, vocab_size=23)
-    return DataSpec(kind="sequence", input_shape=(steps, 3), target="class", num_classes=3)
-
-
-def _inputs(spec: DataSpec, batch: int, seed: int = 1) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    if spec.kind == "tokens":
-        return torch.randint(0, spec.vocab_size, (batch, *spec.input_shape), generator=gen)
-    return torch.randn(batch, *spec.input_shape, generator=gen)
-
-
 def _model(spec: DataSpec, **config):
     torch.manual_seed(0)
     return build_model(FAMILIES.get("transformer").Config(**{**TINY, **config}), spec).eval()
-
-
-def _run_steps(model, x: torch.Tensor) -> torch.Tensor:
-    """(B, T, ...) -> (B, T, width) by calling ``step`` once per position."""
-    state = model.init_state(x.shape[0])
-    outputs = []
-    for t in range(x.shape[1]):
-        hidden, state = model.step(x[:, t], state)
-        outputs.append(hidden)
-    assert state.position == x.shape[1]
-    assert state.keys[0].shape == (x.shape[0], model.config.heads, x.shape[1], model.config.width // model.config.heads)
-    return torch.stack(outputs, dim=1)
 
 
 # -- generation with a KV cache -----------------------------------------------------------------
@@ -54,21 +30,23 @@ def _run_steps(model, x: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("positions", ["learned", "sinusoidal"])
 @pytest.mark.parametrize("kind", ["sequence", "tokens"])
 def test_kv_cache_steps_equal_full_recomputation(kind, positions):
-    spec = _spec(kind, 40)
+    spec = sequence_spec(kind, 40)
     model = _model(spec, causal=True, pooling="last", positions=positions, max_len=64)
-    x = _inputs(spec, 3)
+    x = sequence_inputs(spec, 3)
     with torch.no_grad():
         full = model.forward_sequence(x)
-        stepped = _run_steps(model, x)
+        stepped, state = run_steps(model, x)
+        assert state.position == x.shape[1]
+        assert state.keys[0].shape == (3, model.config.heads, 40, model.config.width // model.config.heads)
         assert full.shape == (3, 40, 32)
         assert (full - stepped).abs().max().item() <= 1e-4
         assert torch.allclose(model.forward_features(x), full[:, -1])
 
 
 def test_step_leaves_the_cache_it_was_given_unchanged():
-    spec = _spec("tokens", 5)
+    spec = sequence_spec("tokens", 5)
     model = _model(spec, causal=True, pooling="last")
-    x = _inputs(spec, 2)
+    x = sequence_inputs(spec, 2)
     with torch.no_grad():
         _, state = model.step(x[:, 0], model.init_state(2))
         a, _ = model.step(x[:, 1], state)
@@ -78,9 +56,9 @@ def test_step_leaves_the_cache_it_was_given_unchanged():
 
 
 def test_step_past_max_len_names_the_setting():
-    spec = _spec("tokens", 4)
+    spec = sequence_spec("tokens", 4)
     model = _model(spec, causal=True, pooling="last", max_len=4)
-    x = _inputs(spec, 2)
+    x = sequence_inputs(spec, 2)
     state = model.init_state(2)
     with torch.no_grad():
         for t in range(4):
@@ -88,11 +66,11 @@ def test_step_past_max_len_names_the_setting():
         with pytest.raises(ModelError, match="model.max_len"):
             model.step(x[:, 0], state)
         with pytest.raises(ModelError, match="model.max_len"):  # whole sequences too
-            model(_inputs(_spec("tokens", 5), 2))
+            model(sequence_inputs(sequence_spec("tokens", 5), 2))
 
 
 def test_encoder_cannot_step():
-    model = _model(_spec("sequence", 6))
+    model = _model(sequence_spec("sequence", 6))
     with pytest.raises(ModelError, match="model.causal"):
         model.init_state(2)
 
@@ -102,9 +80,9 @@ def test_encoder_cannot_step():
 
 @pytest.mark.parametrize("kind", ["sequence", "tokens"])
 def test_causal_model_does_not_look_ahead(kind):
-    spec = _spec(kind, 12)
+    spec = sequence_spec(kind, 12)
     model = _model(spec, causal=True, pooling="last")
-    x = _inputs(spec, 2)
+    x = sequence_inputs(spec, 2)
     changed = x.clone()
     t = 5
     changed[:, t + 1] = (x[:, t + 1] + 7) % spec.vocab_size if kind == "tokens" else x[:, t + 1] + 3.0
@@ -120,10 +98,10 @@ def test_causal_model_does_not_look_ahead(kind):
 
 @pytest.mark.parametrize("causal, pooling, extra", [(True, "last", 0), (False, "mean", 0), (False, "cls", 1)])
 def test_attention_maps_are_probabilities(causal, pooling, extra):
-    spec = _spec("tokens", 9)
+    spec = sequence_spec("tokens", 9)
     model = _model(spec, causal=causal, pooling=pooling, layers=3)
     with torch.no_grad():
-        maps = model.attention_maps(_inputs(spec, 2))
+        maps = model.attention_maps(sequence_inputs(spec, 2))
     T = 9 + extra  # a CLS token is one more position
     assert len(maps) == 3
     for probs in maps:
@@ -137,10 +115,10 @@ def test_attention_maps_are_probabilities(causal, pooling, extra):
 
 
 def test_explicit_attention_gives_the_same_outputs_as_the_fused_kernel():
-    spec = _spec("sequence", 7)
+    spec = sequence_spec("sequence", 7)
     for causal, pooling in [(True, "last"), (False, "cls")]:
         model = _model(spec, causal=causal, pooling=pooling)
-        x = _inputs(spec, 2)
+        x = sequence_inputs(spec, 2)
         with torch.no_grad():
             h = model._embed(x)
             explicit = h
@@ -166,7 +144,7 @@ def test_config_rejects_bad_combinations():
 @pytest.mark.parametrize("config", [{}, {"causal": True, "pooling": "last"}, {"positions": "sinusoidal"}])
 @pytest.mark.parametrize("kind", ["sequence", "tokens"])
 def test_build_model_passes_the_dry_run(kind, config):
-    spec = _spec(kind, 6)
+    spec = sequence_spec(kind, 6)
     model = build_model(FAMILIES.get("transformer").Config(**config), spec)  # build_model runs the shape check
     assert model(spec.example_input(2)).shape == (2, spec.num_outputs)
 
@@ -178,21 +156,21 @@ def test_refuses_images():
 
 
 def test_lm_logits_shape_and_weight_tying():
-    spec = _spec("tokens", 8)
+    spec = sequence_spec("tokens", 8)
     model = _model(spec, causal=True, pooling="last")
     assert model.lm_head.weight is model.inputs.embed.weight  # the same Parameter
     with torch.no_grad():
-        logits = model.lm_logits(model.forward_sequence(_inputs(spec, 2)))
+        logits = model.lm_logits(model.forward_sequence(sequence_inputs(spec, 2)))
     assert logits.shape == (2, 8, 23)
     untied = _model(spec, causal=True, pooling="last", tie_weights=False)
     assert untied.lm_head.weight is not untied.inputs.embed.weight
     assert untied.lm_logits(torch.zeros(2, 32)).shape == (2, 23)
     with pytest.raises(ModelError, match="token inputs"):
-        _model(_spec("sequence", 8)).lm_logits(torch.zeros(2, 8, 32))
+        _model(sequence_spec("sequence", 8)).lm_logits(torch.zeros(2, 8, 32))
 
 
 def test_gpt2_initialization_scales_residual_projections():
-    model = _model(_spec("tokens", 8), layers=8, width=64)
+    model = _model(sequence_spec("tokens", 8), layers=8, width=64)
     proj = torch.cat([b.attn.c_proj.weight.flatten() for b in model.blocks])
     other = torch.cat([b.attn.c_attn.weight.flatten() for b in model.blocks])
     assert abs(other.std().item() - 0.02) < 0.002
