@@ -88,13 +88,10 @@ def _confusion(cm: list[list[int]], classes: list[str]) -> str:
 
 
 def _misclassified(run, wrong: list[dict[str, Any]]) -> str | None:
-    """A grid of misclassified test images, re-read from the run's own data."""
+    """A grid of misclassified test images from the run's own data."""
     if run.spec.kind != "image" or not wrong:
         return None
-    from .data import load_data
-
-    bundle = load_data(run.config.data, run.config.task)
-    split = getattr(bundle, run.metrics.get("split", "test"), None)
+    split = getattr(run.data, run.metrics.get("split", "test"), None)
     if split is None:
         return None
     plt = _plt()

@@ -221,6 +221,7 @@ def train(config: str | Path | Mapping[str, Any] | ExperimentConfig | None = Non
     save_model(run_dir / "model.safetensors", net, cfg, bundle.spec)
     run = Run(run_dir)
     run._model = net.eval()
+    run._data = bundle  # the report reuses it rather than reading the data again
     split = cfg.evaluate.split if getattr(bundle, cfg.evaluate.split) is not None else "val"
     result = run._evaluate_split(bundle, split, device)
     training = {"duration_s": duration, "device": str(device), "epochs_run": trainer.epoch,
@@ -248,6 +249,7 @@ class Run:
         self._class_weight = data.get("class_weight")
         self._model: LayerwiseModel | None = None
         self._task = None
+        self._data: DataBundle | None = None
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r})"
@@ -261,6 +263,13 @@ class Run:
                 train_cfg = train_cfg.model_copy(update={"class_weight": self._class_weight})
             self._task = TASKS.get(self.config.task)(self.spec, train_cfg, self.preprocessing, None)
         return self._task
+
+    @property
+    def data(self) -> DataBundle:
+        """The run's data, split and preprocessed as in training (read once, then kept)."""
+        if self._data is None:
+            self._data = load_data(self.config.data, self.config.task)
+        return self._data
 
     @property
     def model(self) -> LayerwiseModel:
@@ -314,8 +323,7 @@ class Run:
     def evaluate(self, data: str | Path | None = None, split: str = "test") -> EvalResult:
         """Score the model on one of its splits, or on another labelled file or folder (``data``)."""
         if data is None:
-            bundle = load_data(self.config.data, self.config.task)
-            return self._evaluate_split(bundle, split)
+            return self._evaluate_split(self.data, split)
         from .inputs import read_inputs
 
         inputs = read_inputs(data, self, need_labels=True)
