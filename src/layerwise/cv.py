@@ -44,7 +44,7 @@ def cross_validate(config: str | Path | Mapping[str, Any] | ExperimentConfig | N
     from .data.pipeline import build_bundle, infer_target
     from .evaluate import evaluate_model
     from .runs import loaders, prepare_bundle
-    from .train import Trainer, resolve_device
+    from .train import EarlyStopping, Trainer, resolve_device
 
     if folds < 2:
         raise ConfigError(f"--folds: cross-validation needs at least 2 folds; received {folds}")
@@ -73,7 +73,7 @@ def cross_validate(config: str | Path | Mapping[str, Any] | ExperimentConfig | N
         device = resolve_device(cfg.train.device)
         train_loader, val_loader = loaders(bundle, prepared.config, device)
         trainer = Trainer(prepared.model, prepared.task, prepared.config.train, device=device, eval_cfg=cfg.evaluate,
-                          callbacks=_fold_callbacks(cfg))
+                          callbacks=[EarlyStopping.from_config(es)] if (es := cfg.train.early_stopping) else [])
         trainer.fit(train_loader, val_loader)
         test_loader = BatchLoader(bundle.test, cfg.evaluate.batch_size, transform=bundle.preprocessor.inputs.batch,
                                   device=device)
@@ -93,10 +93,3 @@ def cross_validate(config: str | Path | Mapping[str, Any] | ExperimentConfig | N
         (path / "cv.json").write_text(json.dumps(result, indent=2))
         result["path"] = str(path)
     return result
-
-
-def _fold_callbacks(cfg: ExperimentConfig) -> list:
-    from .train import EarlyStopping
-
-    es = cfg.train.early_stopping
-    return [EarlyStopping(es.monitor, es.patience, es.mode, es.min_delta, es.restore_best)] if es else []

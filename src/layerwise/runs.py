@@ -199,8 +199,7 @@ def train(config: str | Path | Mapping[str, Any] | ExperimentConfig | None = Non
                            HistoryCSV(run_dir / "history.csv"),
                            Checkpoint(run_dir / "checkpoints", cfg.train.checkpoint_every)]
     if cfg.train.early_stopping is not None:
-        es = cfg.train.early_stopping
-        cbs.insert(0, EarlyStopping(es.monitor, es.patience, es.mode, es.min_delta, es.restore_best))
+        cbs.insert(0, EarlyStopping.from_config(cfg.train.early_stopping))
     cbs += list(callbacks)
     trainer = Trainer(net, task, cfg.train, callbacks=cbs, device=device, eval_cfg=cfg.evaluate)
     if checkpoint is not None:

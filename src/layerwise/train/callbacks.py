@@ -53,6 +53,11 @@ class EarlyStopping(Callback):
         self.wait = 0
         self.best_weights: dict[str, torch.Tensor] | None = None
 
+    @classmethod
+    def from_config(cls, cfg) -> "EarlyStopping":
+        """From a :class:`~layerwise.config.EarlyStoppingConfig` (``train.early_stopping``)."""
+        return cls(cfg.monitor, cfg.patience, cfg.mode, cfg.min_delta, cfg.restore_best)
+
     def _improved(self, value: float) -> bool:
         if self.best is None:
             return True
