@@ -24,7 +24,7 @@ from .config import ExperimentConfig, load_config
 from .data import DataBundle, load_data
 from .data.loader import BatchLoader
 from .data.pipeline import Preprocessing
-from .data.spec import DataSpec
+from .data.spec import DataSpec, Split
 from .errors import ConfigError, LayerwiseError, RunError
 from .evaluate import EvalResult, evaluate_model
 from .models import FAMILIES, LayerwiseModel, build_model, wrap_module
@@ -311,13 +311,15 @@ class Run:
 
     # -- actions -----------------------------------------------------------------------------
     def _evaluate_split(self, bundle: DataBundle, split: str, device=None) -> EvalResult:
+        # misclassified examples are kept by index into the split, for the report's grid
+        return self._score(bundle.split(split), device, keep_misclassified=self.config.evaluate.misclassified)
+
+    def _score(self, split: Split, device=None, keep_misclassified: int = 0) -> EvalResult:
         device = device or resolve_device(self.config.train.device)
-        model = self.model.to(device)
-        loader = BatchLoader(bundle.split(split), self.config.evaluate.batch_size,
-                             transform=self.preprocessing.inputs.batch, device=device)
-        return evaluate_model(model, self.task, loader, self.config.evaluate,
-                              keep_misclassified=self.config.evaluate.misclassified,
-                              precision=self.config.train.precision)
+        loader = BatchLoader(split, self.config.evaluate.batch_size, transform=self.preprocessing.inputs.batch,
+                             device=device)
+        return evaluate_model(self.model.to(device), self.task, loader, self.config.evaluate,
+                              keep_misclassified=keep_misclassified, precision=self.config.train.precision)
 
     def evaluate(self, data: str | Path | None = None, split: str = "test") -> EvalResult:
         """Score the model on one of its splits, or on another labelled file or folder (``data``)."""
@@ -325,12 +327,7 @@ class Run:
             return self._evaluate_split(self.data, split)
         from .inputs import read_inputs
 
-        inputs = read_inputs(data, self, need_labels=True)
-        device = resolve_device(self.config.train.device)
-        loader = BatchLoader(inputs.split, self.config.evaluate.batch_size,
-                             transform=self.preprocessing.inputs.batch, device=device)
-        return evaluate_model(self.model.to(device), self.task, loader, self.config.evaluate,
-                              precision=self.config.train.precision)
+        return self._score(read_inputs(data, self, need_labels=True).split)
 
     def predict(self, x: Any) -> dict[str, np.ndarray]:
         """Predict for inputs: a path (CSV, Parquet, NPZ, image or folder of images), a DataFrame,
