@@ -155,18 +155,18 @@ def test_refuses_images():
         build_model(FAMILIES.get("transformer").Config(), image)
 
 
-def test_lm_logits_shape_and_weight_tying():
-    spec = sequence_spec("tokens", 8)
+def test_language_model_head_is_tied_to_the_embedding():
+    spec = DataSpec(kind="tokens", input_shape=(8,), target="token", vocab_size=23)
     model = _model(spec, causal=True, pooling="last")
-    assert model.lm_head.weight is model.inputs.embed.weight  # the same Parameter
+    assert model.head.weight is model.inputs.embed.weight  # the same Parameter
     with torch.no_grad():
-        logits = model.lm_logits(model.forward_sequence(sequence_inputs(spec, 2)))
+        logits = model.forward_head(model.forward_sequence(sequence_inputs(spec, 2)))
     assert logits.shape == (2, 8, 23)
     untied = _model(spec, causal=True, pooling="last", tie_weights=False)
-    assert untied.lm_head.weight is not untied.inputs.embed.weight
-    assert untied.lm_logits(torch.zeros(2, 32)).shape == (2, 23)
-    with pytest.raises(ModelError, match="token inputs"):
-        _model(sequence_spec("sequence", 8)).lm_logits(torch.zeros(2, 8, 32))
+    assert untied.head.weight is not untied.inputs.embed.weight
+    assert untied.forward_head(torch.zeros(2, 32)).shape == (2, 23)
+    classifier = _model(sequence_spec("tokens", 8))  # not a language model: an ordinary head
+    assert classifier.head.weight.shape == (2, 32) and classifier.head.bias is not None
 
 
 def test_gpt2_initialization_scales_residual_projections():

@@ -47,7 +47,7 @@ class ClassificationEvaluator:
             # per class, averaged below over the classes the data holds (absent ones have no curve)
             self.auroc = C.MulticlassAUROC(n, average=None, thresholds=auc_thresholds)
 
-    def update(self, outputs: torch.Tensor, y: torch.Tensor) -> None:
+    def update(self, outputs: torch.Tensor, y: torch.Tensor, x: torch.Tensor | None = None) -> None:
         proba = torch.softmax(outputs.detach().float(), dim=1).cpu()
         y = y.cpu()
         self.labels.update(proba.argmax(1), y)
@@ -89,7 +89,7 @@ class RegressionEvaluator:
         self.r2 = R2Score(multioutput="uniform_average") if num_targets > 1 else R2Score()
         self.num_targets = num_targets
 
-    def update(self, outputs: torch.Tensor, y: torch.Tensor) -> None:
+    def update(self, outputs: torch.Tensor, y: torch.Tensor, x: torch.Tensor | None = None) -> None:
         pred = self.scaler.inverse(outputs.detach().float()).cpu()
         true = self.scaler.inverse(y.reshape(outputs.shape).float()).cpu()
         if self.num_targets == 1:
@@ -126,7 +126,7 @@ def evaluate_model(model: torch.nn.Module, task, loader, eval_cfg, *, keep_miscl
             out = task.evaluation_step(model, (x, y))
             loss_sum += float(out.loss) * float(out.count)
             count += float(out.count)
-            evaluator.update(out.outputs, y)
+            evaluator.update(out.outputs, y, x)  # x: for metrics against baselines made from the inputs
             if keep_misclassified and len(wrong) < keep_misclassified and task.target == "class":
                 pred = out.outputs.argmax(1)
                 for i in torch.nonzero(pred != y).flatten().tolist():

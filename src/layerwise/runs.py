@@ -55,8 +55,8 @@ def prepare_bundle(config: ExperimentConfig, bundle: DataBundle, model: torch.nn
     task_name = config.task or infer_task(bundle.spec, family_cls)
     task_cls = TASKS.get(task_name)
     if task_cls.target != bundle.spec.target:
-        raise ConfigError(f"task: '{task_name}' needs a {'numeric' if task_cls.target == 'numeric' else 'class'} "
-                          f"target, but the data's target is {bundle.spec.target}; change task or data.target")
+        raise ConfigError(f"task: '{task_name}' needs a {task_cls.target} target, but {config.data.source} data "
+                          f"gives a {bundle.spec.target} target; change task or the data")
     config = config.model_copy(update={"task": task_name})
     task = task_cls(bundle.spec, config.train, bundle.preprocessor, bundle.train.y)
     seed_everything(config.train.seed)  # weights do not depend on how much randomness loading used
@@ -200,7 +200,7 @@ def train(config: str | Path | Mapping[str, Any] | ExperimentConfig | None = Non
                            Checkpoint(run_dir / "checkpoints", cfg.train.checkpoint_every)]
     if cfg.train.early_stopping is not None:
         cbs.insert(0, EarlyStopping.from_config(cfg.train.early_stopping))
-    cbs += list(callbacks)
+    cbs += task.callbacks(run_dir) + list(callbacks)
     trainer = Trainer(net, task, cfg.train, callbacks=cbs, device=device, eval_cfg=cfg.evaluate)
     if checkpoint is not None:
         trainer.resume_from(checkpoint)

@@ -3,6 +3,8 @@
 A source is one class registered with ``@register_source("name")``: a ``Config`` schema (its own
 keys beside the common ones of :class:`~layerwise.config.DataConfig`) and a ``read`` method that
 returns :class:`RawData`. Splitting and preprocessing are shared (``pipeline.build_bundle``).
+Sources whose splits are not a random draw of samples (a time series split chronologically, a
+text cut into token blocks) override :meth:`DataSource.load` and build their bundle themselves.
 """
 
 from __future__ import annotations
@@ -27,6 +29,12 @@ class DataSource:
     def read(self, cfg: Any, task: str | None) -> RawData:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def load(self, cfg: Any, task: str | None) -> DataBundle:
+        """Read, split and preprocess: the shared pipeline unless a source needs its own."""
+        from .pipeline import build_bundle
+
+        return build_bundle(self.read(cfg, task), cfg, task)
+
 
 def where(path) -> str:
     """A path for messages; relative paths say what they are relative to (the working directory)."""
@@ -49,10 +57,7 @@ def load_data(cfg: DataConfig, task: str | None = None) -> DataBundle:
     >>> bundle.spec.num_classes
     3
     """
-    from .pipeline import build_bundle
-
-    raw = SOURCES.get(cfg.source)().read(cfg, task)
-    return build_bundle(raw, cfg, task)
+    return SOURCES.get(cfg.source)().load(cfg, task)
 
 
 # each source file registers itself: adding a file adds a source

@@ -135,7 +135,7 @@ def build_bundle(raw: RawData, cfg: Any, task: str | None) -> DataBundle:
         scaler = TargetScaler.fit(y[train_idx])
 
     x_all = raw.x
-    if raw.kind != "image" and cfg.augment is not None:
+    if raw.kind not in ("image", "video") and cfg.augment is not None:
         raise DataError(f"data.augment: augmentation applies to image data only, and {origin} is {raw.kind}; remove it")
     if raw.kind == "tabular":
         inputs = _fit_tabular(x_all, train_idx, cfg, origin)
@@ -143,9 +143,9 @@ def build_bundle(raw: RawData, cfg: Any, task: str | None) -> DataBundle:
         take = lambda frame, idx: frame.iloc[idx].reset_index(drop=True)  # noqa: E731
         feature_names = inputs.feature_names
         input_shape = (len(feature_names),)
-    elif raw.kind == "image":
+    elif raw.kind in ("image", "video"):  # uint8 (N, C, H, W) images or (N, T, C, H, W) frame sequences
         pixels = torch.as_tensor(np.ascontiguousarray(x_all))
-        inputs = ImagePreprocessor(pixels.shape[1], tuple(pixels.shape[2:]), cfg.normalize,
+        inputs = ImagePreprocessor(pixels.shape[-3], tuple(pixels.shape[-2:]), cfg.normalize,
                                    cfg.augment.model_dump() if cfg.augment else None)
         inputs.fit(pixels[torch.as_tensor(train_idx)])
         encode = lambda arr: torch.as_tensor(np.ascontiguousarray(arr))  # noqa: E731

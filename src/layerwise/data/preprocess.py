@@ -17,7 +17,24 @@ import torch.nn.functional as F
 
 from ..errors import DataError
 
-__all__ = ["TabularPreprocessor", "ImagePreprocessor", "TargetScaler", "preprocessor_from_dict", "numeric_or_junk"]
+__all__ = ["TabularPreprocessor", "ImagePreprocessor", "TargetScaler", "preprocessor_from_dict", "numeric_or_junk",
+           "register_preprocessor"]
+
+PREPROCESSORS: dict[str, type] = {}  # kind -> class with to_dict/from_dict/batch
+
+
+def register_preprocessor(kind: str):
+    """Class decorator: input preprocessing a run can save (``to_dict``) and rebuild (``from_dict``).
+
+    Every preprocessor also has ``batch(x, train, seed)``, applied to each batch on its device.
+    """
+
+    def add(cls):
+        cls.kind = kind
+        PREPROCESSORS[kind] = cls
+        return cls
+
+    return add
 
 MAX_ONEHOT_LEVELS = 50  # beyond this a one-hot column would dwarf the rest: use embeddings
 
@@ -45,10 +62,9 @@ def numeric_or_junk(column, name: str, origin: str):
     return parsed if not bad.any() else None
 
 
+@register_preprocessor("tabular")
 class TabularPreprocessor:
     """Impute, standardize and encode a DataFrame's columns (numeric and categorical)."""
-
-    kind = "tabular"
 
     def __init__(self, numeric: list[str], categorical: list[str], encoding: str = "onehot",
                  impute: str = "mean", normalize: bool = True, origin: str = "data"):
@@ -155,10 +171,10 @@ class TabularPreprocessor:
         return x  # already float and standardized when stored
 
 
+@register_preprocessor("image")
 class ImagePreprocessor:
-    """uint8 (N, C, H, W) → normalized float, with optional augmentation of training batches."""
-
-    kind = "image"
+    """uint8 (N, C, H, W) images or (N, T, C, H, W) videos → normalized float, with optional
+    augmentation of training batches (each frame on its own)."""
 
     def __init__(self, channels: int, size: tuple[int, int], normalize: bool = True, augment: dict | None = None):
         self.channels = channels
@@ -172,6 +188,7 @@ class ImagePreprocessor:
     def fit(self, images: torch.Tensor) -> "ImagePreprocessor":
         if self.normalize:
             # statistics from a strided sample: exact enough and bounded in cost for big sets
+            images = images.reshape(-1, *images.shape[-3:])  # video: every frame counts as an image
             sample = images[:: max(1, len(images) // 20000)].float().div_(255)
             self._stats_cache.clear()
             self.mean_ = sample.mean(dim=(0, 2, 3)).tolist()
@@ -184,7 +201,8 @@ class ImagePreprocessor:
         ``seed`` makes the augmentation of this batch reproducible (the loader derives it from
         the run's seed, the epoch and the batch index, so a resumed run augments identically).
         """
-        x = x.float().div_(255)
+        frames = x.shape[:-3]  # (N,) for images, (N, T) for video: frames are normalized alike
+        x = x.reshape(-1, *x.shape[-3:]).float().div_(255)
         generator = None
         if train and self.augment:
             generator = torch.Generator().manual_seed(seed) if seed is not None else None
@@ -194,7 +212,7 @@ class ImagePreprocessor:
         if train and self.augment and self.augment.get("noise"):
             noise = torch.randn(x.shape, generator=generator).to(x.device)
             x = x + self.augment["noise"] * noise
-        return x
+        return x.reshape(*frames, *x.shape[1:])
 
     def _stats(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and std as (1, C, 1, 1) tensors, made once per device rather than per batch."""
@@ -258,4 +276,6 @@ class TargetScaler:
 
 
 def preprocessor_from_dict(data: dict[str, Any]):
-    return {"tabular": TabularPreprocessor, "image": ImagePreprocessor}[data["kind"]].from_dict(data)
+    from .. import data as _sources  # noqa: F401  (importing the sources registers their preprocessors)
+
+    return PREPROCESSORS[data["kind"]].from_dict(data)

@@ -15,13 +15,15 @@ __all__ = ["DataSpec", "RawData", "Split", "DataBundle"]
 class DataSpec:
     """The contract between data and models: input kind and shape, targets, names.
 
-    Later input kinds (``sequence``, ``text``) add values of ``kind``; models declare which kinds
-    they accept.
+    Input kinds: ``tabular`` (F,) floats, ``image`` (C, H, W) uint8, ``video`` (T, C, H, W) uint8
+    frames, ``sequence`` (T, F) floats, ``tokens`` (T,) integer ids. Models declare the kinds they
+    accept. Targets: ``class`` (one label per sample), ``numeric`` (``num_targets`` values per
+    sample) or ``token`` (a language model: the next token at every position, ``vocab_size`` classes).
     """
 
-    kind: str  # "tabular" | "image" | "sequence" (floats, (T, F)) | "tokens" (integer ids, (T,))
-    input_shape: tuple[int, ...]  # one sample, without the batch dimension: (C, H, W), (F,), (T, F), (T,)
-    target: Literal["class", "numeric"]
+    kind: str
+    input_shape: tuple[int, ...]  # one sample, without the batch dimension
+    target: Literal["class", "numeric", "token"]
     num_classes: int | None = None
     class_names: list[str] | None = None
     num_targets: int | None = None
@@ -38,7 +40,9 @@ class DataSpec:
 
     @property
     def num_outputs(self) -> int:
-        return int(self.num_classes if self.target == "class" else self.num_targets)  # type: ignore[arg-type]
+        """Width of the head: classes, numeric targets, or the vocabulary (next-token logits)."""
+        sizes = {"class": self.num_classes, "numeric": self.num_targets, "token": self.vocab_size}
+        return int(sizes[self.target])  # type: ignore[arg-type]
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

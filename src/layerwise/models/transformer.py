@@ -7,8 +7,8 @@ One family, two uses, chosen by ``causal``:
   (``pooling: cls``), the mean or the last position feeds the head (classification, regression);
 * a *decoder-only* GPT-style model (``causal: true``): position t attends to positions <= t only, so
   it can also run one token at a time with a KV cache (:meth:`Transformer.init_state`,
-  :meth:`Transformer.step`), and on token inputs :meth:`Transformer.lm_logits` gives next-token
-  logits through the (tied) embedding matrix.
+  :meth:`Transformer.step`). For language modelling (a ``token`` target) the head maps every
+  position to next-token logits through the embedding matrix (weight tying, ``tie_weights``).
 
 Attention goes through ``torch.nn.functional.scaled_dot_product_attention`` (FlashAttention or
 memory-efficient kernels on a GPU); :meth:`Transformer.attention_maps` recomputes the attention
@@ -60,7 +60,7 @@ class TransformerConfig(ModelConfig):
                                             "GPT-style model, position t sees <= t (step-by-step generation)")
     pooling: Literal["cls", "mean", "last"] = Field("cls", description="what feeds the head: a learned CLS token "
                                                     "(encoder only), the mean over positions, or the last position")
-    tie_weights: bool = Field(True, description="token inputs: the language-model output layer reuses the "
+    tie_weights: bool = Field(True, description="language models: the output layer reuses the token "
                                                 "embedding matrix")
 
     @model_validator(mode="after")
@@ -103,18 +103,17 @@ class Transformer(LayerwiseModel):
         self.blocks = nn.ModuleList(Block(width, config.heads, config.ffn_mult * width, config.dropout, config.causal)
                                     for _ in range(config.layers))
         self.ln_f = nn.LayerNorm(width)
-        self.head = nn.Linear(width, spec.num_outputs)
-        self.lm_head = None
-        if self.inputs.tokens:  # for a language-model task: next-token logits over the vocabulary
-            self.lm_head = nn.Linear(width, spec.vocab_size, bias=False)
+        language_model = spec.target == "token" and self.inputs.tokens
+        # a language model's head maps to the vocabulary; tied, it reuses the (vocab, width) embedding
+        self.head = nn.Linear(width, spec.num_outputs, bias=not language_model)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():
             if name.endswith("c_proj.weight"):  # GPT-2: residual projections scaled by 1/sqrt(2 * layers)
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.layers))
         if self.cls_token is not None:
             nn.init.normal_(self.cls_token, std=0.02)
-        if self.lm_head is not None and config.tie_weights:
-            self.lm_head.weight = self.inputs.embed.weight  # one (vocab, width) matrix in and out
+        if language_model and config.tie_weights:
+            self.head.weight = self.inputs.embed.weight  # one (vocab, width) matrix in and out
 
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
@@ -178,13 +177,6 @@ class Transformer(LayerwiseModel):
             maps.append(probs)
         return maps
 
-    def lm_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Next-token logits from :meth:`forward_sequence` (or :meth:`step`) outputs: (..., width) -> (..., vocab)."""
-        if self.lm_head is None:
-            raise ModelError(f"lm_logits needs token inputs (a vocabulary to predict); this model reads "
-                             f"{self.spec.kind} inputs")
-        return self.lm_head(hidden)
-
     # -- one position at a time (causal generation) -----------------------------------------------
     def init_state(self, batch_size: int) -> KVCache:
         """An empty KV cache: per layer keys and values of shape (B, heads, 0, width // heads)."""
@@ -202,7 +194,7 @@ class Transformer(LayerwiseModel):
 
         >>> state = model.init_state(4)                               # doctest: +SKIP
         >>> for t in range(T): h, state = model.step(x[:, t], state)  # doctest: +SKIP
-        >>> next_token = model.lm_logits(h).argmax(-1)                # doctest: +SKIP
+        >>> next_token = model.forward_head(h).argmax(-1)             # doctest: +SKIP
         """
         self._check_causal()
         h = self.inputs(x_t.unsqueeze(1))  # (B, 1, width)

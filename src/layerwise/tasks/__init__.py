@@ -45,7 +45,7 @@ class StepOutput:
 class Task:
     """Base class: a loss, a step, predictions and metrics for one kind of target."""
 
-    target: ClassVar[str] = "class"  # the data target it needs: "class" or "numeric"
+    target: ClassVar[str] = "class"  # the data target it needs: "class", "numeric" or "token"
     manual_optimization: ClassVar[bool] = False
     main_metric: ClassVar[str] = "loss"  # shown beside the loss in progress and history
     greater_is_better: ClassVar[dict[str, bool]] = {}
@@ -85,12 +85,16 @@ class Task:
         """Turn sums accumulated over an epoch into metrics (means by default)."""
         return {k: v / max(count, 1e-12) for k, v in sums.items()}
 
+    def callbacks(self, run_dir) -> list:
+        """Callbacks this task adds to a training run (a language model's sample text per epoch)."""
+        return []
+
     # -- inference ----------------------------------------------------------------------------
     def predict(self, outputs: torch.Tensor) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
     def evaluator(self, eval_cfg) -> Any:
-        """A streaming metric accumulator: ``update(outputs, y)``, ``compute() -> dict``."""
+        """A streaming metric accumulator: ``update(outputs, y, x)``, ``compute(class_names) -> EvalResult``."""
         raise NotImplementedError
 
 
