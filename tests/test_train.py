@@ -420,3 +420,12 @@ def test_grad_clip_bounds_the_update():
     Trainer(prepared.model, prepared.task, prepared.config.train, device=torch.device("cpu")).fit(train_loader)
     delta = torch.cat([(prepared.model.state_dict()[k] - v).flatten() for k, v in before.items()])
     assert float(delta.norm()) == pytest.approx(1e-3, rel=1e-3)  # one step of lr 1 on a clipped gradient
+
+
+def test_max_time_stops_training_at_the_budget(tmp_path):
+    cfg = quick_train(epochs=1000, max_time=1.0)
+    started = time.perf_counter()
+    run = layerwise.train({"data": {"name": "iris"}, "model": tiny_mlp(), "train": cfg}, runs_dir=tmp_path, quiet=True)
+    assert time.perf_counter() - started < 30
+    assert run.metrics["training"]["stop_reason"] == "max_time"
+    assert 1 <= run.metrics["training"]["epochs_run"] < 1000

@@ -97,6 +97,38 @@ def predict(run_dir, inputs, out) -> None:
 
 
 @cli.command(context_settings=CONTEXT)
+@click.argument("run_dir", metavar="RUN", type=click.Path(path_type=Path))
+@click.option("--prompt", default="", help="text to continue (default: start from nothing)")
+@click.option("--tokens", default=200, show_default=True, type=click.IntRange(min=1), help="tokens to generate")
+@click.option("--temperature", default=1.0, show_default=True, type=click.FloatRange(min=0.0),
+              help="sampling temperature; 0 picks the most likely token every time")
+@click.option("--top-k", type=click.IntRange(min=1), help="sample among the K most likely tokens only")
+@click.option("--seed", default=0, show_default=True, type=int, help="random seed (same seed, same text)")
+def generate(run_dir, prompt, tokens, temperature, top_k, seed) -> None:
+    """Generate text from a trained language-model RUN."""
+    from . import load_run
+
+    click.echo(load_run(run_dir).generate(prompt, tokens, temperature=temperature, top_k=top_k, seed=seed))
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("run_dir", metavar="RUN", type=click.Path(path_type=Path))
+@click.option("--input", "inputs", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="a CSV with the recent history: the run's time column and value columns")
+@click.option("--horizon", type=click.IntRange(min=1), help="steps to forecast (default: the run's horizon)")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default="forecast.csv", show_default=True,
+              help="where to write the forecast; a plot is written beside it (.png)")
+def forecast(run_dir, inputs, horizon, out) -> None:
+    """Forecast the next steps after the history in --input with a trained forecasting RUN."""
+    from . import load_run
+    from .forecasting import write_forecast
+
+    csv_path, plot_path = write_forecast(load_run(run_dir), inputs, horizon, out)
+    click.echo(f"forecast: {csv_path}")
+    click.echo(f"plot:     {plot_path}")
+
+
+@cli.command(context_settings=CONTEXT)
 @click.argument("config", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--folds", default=5, show_default=True, type=int, help="number of folds")
 @set_option

@@ -99,6 +99,8 @@ class EarlyStoppingConfig(Section):
 class TrainConfig(Section):
     epochs: int = Field(10, ge=1, description="passes over the training data")
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
+    max_time: float | None = Field(None, gt=0, description="stop after this many seconds of training (a time "
+                                   "budget; validation time does not count)")
     batch_size: int = Field(64, ge=1, description="samples per optimizer step (before accumulation)")
     accumulate: int = Field(1, ge=1, description="micro-batches per optimizer step (gradient accumulation)")
     optimizer: str = Field("adamw", description="sgd, adam, adamw, rmsprop")

@@ -344,6 +344,22 @@ class Run:
 
         return write_predictions(self, self.predict(x), Path(out))
 
+    def generate(self, prompt: str = "", tokens: int = 200, temperature: float = 1.0, top_k: int | None = None,
+                 seed: int = 0) -> str:
+        """Continue ``prompt`` with ``tokens`` sampled tokens (language-model runs); returns the prompt
+        and its continuation as text. Recurrent families carry their state and causal transformers a
+        KV cache, so each new token costs one step, not a pass over everything before it."""
+        from .generation import generate_text
+
+        return generate_text(self, prompt, tokens, temperature=temperature, top_k=top_k, seed=seed)
+
+    def forecast(self, inputs: Any, horizon: int | None = None):
+        """Forecast the steps after the recent history in ``inputs`` (a CSV path or DataFrame with the
+        run's time and value columns); returns a DataFrame of future times and predicted values."""
+        from .forecasting import forecast_frame
+
+        return forecast_frame(self, inputs, horizon)
+
     def report(self) -> Path:
         """(Re)write ``report.html`` and return its path."""
         from .report import write_report

@@ -102,6 +102,7 @@ class Trainer:
         self.epoch = 0  # epochs completed
         self.batch_in_epoch = 0  # batches of the current epoch already trained
         self.global_step = 0  # optimizer steps taken
+        self.train_seconds = 0.0  # time spent in training batches (train.max_time), across resumes
         self.history: list[dict[str, Any]] = []
         self.should_stop = False
         self.stop_reason = ""
@@ -126,6 +127,7 @@ class Trainer:
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
             "global_step": self.global_step,
+            "train_seconds": self.train_seconds,
             "history": self.history,
             "total_steps": self.total_steps,
             "running": {k: (float(v) if torch.is_tensor(v) else v) for k, v in self._running.items() if k != "sums"}
@@ -146,6 +148,7 @@ class Trainer:
                 cb.load_state_dict(state["callbacks"][type(cb).__name__])
         self.epoch, self.batch_in_epoch = state["epoch"], state["batch_in_epoch"]
         self.global_step, self.history = state["global_step"], list(state["history"])
+        self.train_seconds = state.get("train_seconds", 0.0)
         self._running = state.get("running", self._fresh_running())
         self._resume_state = state
 
@@ -165,7 +168,7 @@ class Trainer:
         return min(total, self.cfg.max_steps) if self.cfg.max_steps else total
 
     def fit(self, train_loader, val_loader=None) -> list[dict[str, Any]]:
-        """Train until ``epochs`` or ``max_steps`` or a callback stops; returns the history."""
+        """Train until ``epochs``, ``max_steps`` or ``max_time``, or a callback stops; returns the history."""
         cfg, model, task = self.cfg, self.model, self.task
         self.batches_per_epoch = len(train_loader)
         total_steps = self.total_steps = self._total_steps(self.batches_per_epoch)
@@ -254,7 +257,12 @@ class Trainer:
                 if cfg.max_steps is not None and self.global_step >= cfg.max_steps and stepped:
                     done = True
                     break
+                if (cfg.max_time is not None and stepped
+                        and self.train_seconds + time.perf_counter() - started >= cfg.max_time):
+                    done, self.stop_reason = True, "max_time"
+                    break
             elapsed = time.perf_counter() - started
+            self.train_seconds += elapsed
             running = self._check_finite(run)
             samples = run["samples"] - samples_before
             logs = {"epoch": self.epoch + 1, "step": self.global_step}
