@@ -23,6 +23,8 @@ SPECS = {
                                  categorical=[(3, 6)]),
     "sequence": DataSpec(kind="sequence", input_shape=(12, 3), target="class", num_classes=3),
     "tokens": DataSpec(kind="tokens", input_shape=(10,), target="numeric", num_targets=1, vocab_size=17),
+    # (T, C, H, W) normalized frames: randn inputs like images
+    "video": DataSpec(kind="video", input_shape=(3, 2, 6, 6), target="numeric", num_targets=2),
 }
 
 

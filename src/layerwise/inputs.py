@@ -58,10 +58,15 @@ def _image_inputs(pixels: np.ndarray, ids: list[str], labels, run, origin: str) 
 
 
 def read_inputs(source: Any, run, need_labels: bool = False) -> Inputs:
-    """Inputs from a path (CSV, Parquet, NPZ, image, folder), a DataFrame or an array."""
+    """Inputs from a path (CSV, Parquet, NPZ, image, folder, text), a DataFrame, an array or a list of texts."""
     import pandas as pd
 
     kind = run.spec.kind
+    if getattr(run.preprocessing.inputs, "kind", None) == "text":
+        return _text_inputs(source, run, need_labels)
+    if getattr(run.preprocessing.inputs, "kind", None) == "timeseries":
+        raise DataError(f"{run.path} is a forecasting run: it reads recent history rather than samples; use "
+                        f"`layerwise forecast RUN --input FILE.csv` (run.forecast), or evaluate its own splits")
     if isinstance(source, pd.DataFrame):
         if kind != "tabular":
             raise DataError(f"a DataFrame was given but the run expects {kind} inputs")
@@ -141,6 +146,46 @@ def read_inputs(source: Any, run, need_labels: bool = False) -> Inputs:
         raise DataError(f"{path}: evaluation needs labels: put the images in one sub-folder per class")
     pixels = load_images(files, pre.size, channels)
     return _image_inputs(pixels, [str(f.relative_to(path)) for f in files], labels, run, str(path))
+
+
+def _text_inputs(source: Any, run, need_labels: bool) -> Inputs:
+    """Text runs: a language model scores a text file or folder (or a table's text column) cut into
+    blocks as in training; a text classifier reads a table, a DataFrame or a list of strings."""
+    import pandas as pd
+
+    from .data.tabular import read_table
+    from .data.text import TABLE_SUFFIXES, read_text, table_texts, text_blocks
+
+    pre, cfg = run.preprocessing.inputs, run.config.data
+    path = None if isinstance(source, (pd.DataFrame, list, tuple, np.ndarray)) else Path(source).expanduser()
+    if path is not None and not path.exists():
+        raise DataError(f"input not found: {path}")
+    table = path is not None and path.is_file() and path.suffix.lower() in TABLE_SUFFIXES
+    if run.spec.target == "token":
+        if path is None:
+            raise DataError("a language model reads a text file or folder (or a table with a text column); give a path")
+        if table:
+            frame = read_table(path, "\t" if path.suffix.lower() == ".tsv" else cfg.delimiter)
+            content = "\n".join(table_texts(frame, cfg, str(path)))
+        else:
+            content = read_text(path, key="--data")
+        split = text_blocks(pre, content, str(path), "give a longer text (block_size is fixed by the run)")
+        return Inputs(split, [str(i) for i in range(len(split))], None)
+    if path is None:
+        frame = source if isinstance(source, pd.DataFrame) else pd.DataFrame({cfg.text_column: list(source)})
+        origin = "DataFrame" if isinstance(source, pd.DataFrame) else "list of texts"
+    elif table:
+        frame, origin = read_table(path, "\t" if path.suffix.lower() == ".tsv" else cfg.delimiter), str(path)
+    else:
+        raise DataError(f"{path}: expected a CSV or Parquet table with a '{cfg.text_column}' column for this "
+                        f"text classification run")
+    frame = frame.reset_index(drop=True)
+    texts = table_texts(frame, cfg, origin)
+    labels = frame[cfg.label_column].to_numpy() if cfg.label_column in frame.columns else None
+    if need_labels and labels is None:
+        raise DataError(f"{origin}: label column '{cfg.label_column}' is missing; evaluation needs labels")
+    x = pre.encode_padded(texts)
+    return Inputs(Split(x, _encode(labels, run, origin, len(x))), [str(i) for i in range(len(x))], labels)
 
 
 @torch.no_grad()

@@ -21,7 +21,7 @@ import torch
 
 from . import __version__
 from .config import ExperimentConfig, load_config
-from .data import DataBundle, load_data
+from .data import SOURCES, DataBundle, load_data
 from .data.loader import BatchLoader
 from .data.pipeline import Preprocessing
 from .data.spec import DataSpec, Split
@@ -52,7 +52,7 @@ def prepare(config: ExperimentConfig, model: torch.nn.Module | None = None) -> P
 def prepare_bundle(config: ExperimentConfig, bundle: DataBundle, model: torch.nn.Module | None = None) -> Prepared:
     """Pick the task and build the model for data already loaded (cross-validation folds too)."""
     family_cls = FAMILIES.get(config.model.family)
-    task_name = config.task or infer_task(bundle.spec, family_cls)
+    task_name = config.task or infer_task(bundle.spec, family_cls, SOURCES.get(config.data.source))
     task_cls = TASKS.get(task_name)
     if task_cls.target != bundle.spec.target:
         raise ConfigError(f"task: '{task_name}' needs a {task_cls.target} target, but {config.data.source} data "
@@ -63,6 +63,7 @@ def prepare_bundle(config: ExperimentConfig, bundle: DataBundle, model: torch.nn
     net = wrap_module(model, bundle.spec) if model is not None else build_model(config.model, bundle.spec)
     if model is not None:
         config = config.model_copy(update={"model": net.config})
+    task.check_model(net)
     _check_monitors(config, task)
     return Prepared(config, bundle, task, net)
 

@@ -152,6 +152,14 @@ def build_bundle(raw: RawData, cfg: Any, task: str | None) -> DataBundle:
         take = lambda arr, idx: arr[idx]  # noqa: E731
         feature_names = None
         input_shape = tuple(pixels.shape[1:])
+    elif raw.kind == "text":  # an array of strings → (N, max_length) token ids (layerwise.data.text)
+        from .text import TextPreprocessor
+
+        inputs = TextPreprocessor.from_config(cfg).fit(x_all[train_idx].tolist())
+        encode = lambda texts: inputs.encode_padded(list(texts))  # noqa: E731
+        take = lambda arr, idx: arr[idx]  # noqa: E731
+        feature_names = None
+        input_shape = (inputs.max_length,)
     else:
         raise DataError(f"{origin}: unsupported input kind '{raw.kind}'")
 
@@ -169,12 +177,14 @@ def build_bundle(raw: RawData, cfg: Any, task: str | None) -> DataBundle:
         test = make(take(x_all, test_idx), y[test_idx], "test") if len(test_idx) else None
 
     spec = DataSpec(
-        kind=raw.kind, input_shape=tuple(int(s) for s in input_shape), target=target,
+        kind="tokens" if raw.kind == "text" else raw.kind, target=target,
+        input_shape=tuple(int(s) for s in input_shape),
         num_classes=len(classes) if classes is not None else None,
         class_names=_class_names(classes, raw.class_names),
         num_targets=None if target == "class" else (1 if y.ndim == 1 else y.shape[1]),
         target_names=raw.target_names, feature_names=feature_names,
         categorical=inputs.categorical_slots if raw.kind == "tabular" else [],
+        vocab_size=inputs.vocab_size if raw.kind == "text" else None,
     )
     return DataBundle(spec, train, val_split, test, pre)
 

@@ -55,6 +55,9 @@ class Task:
         self.train_cfg = train_cfg
         self.preprocessing = preprocessing
 
+    def check_model(self, model: torch.nn.Module) -> None:
+        """Refuse, with one line, a model this task cannot train (called before any file is written)."""
+
     # -- optimization -------------------------------------------------------------------------
     def configure_optimizers(self, model: torch.nn.Module) -> dict[str, Any]:
         """Optimizers by name: a parameter list each, or ``{"params": [...], "lr": 2e-4, ...}``
@@ -114,11 +117,15 @@ def register_task(name: str):
     return add
 
 
-def infer_task(spec, model_cls=None) -> str:
-    """The task a family implies (generative families), else the one the data implies."""
-    implied = getattr(model_cls, "implies_task", None)
-    if implied:
-        return implied
+def infer_task(spec, model_cls=None, source_cls=None) -> str:
+    """The task a family implies (generative families) or a source does (a time series: forecasting),
+    else the one the data's target implies."""
+    for cls in (model_cls, source_cls):
+        implied = getattr(cls, "implies_task", None)
+        if implied:
+            return implied
+    if spec.target == "token":
+        return "language_model"
     return "classification" if spec.target == "class" else "regression"
 
 
