@@ -33,7 +33,7 @@ def _video(batch: int, seed: int = 1) -> torch.Tensor:
 def test_shapes(config, width):
     model = _model(**config)
     x = _video(4)
-    assert model.embed_frames(x).shape == (4, 5, 8)  # one embedding per frame, channels[-1] wide
+    assert model.embed(x).shape == (4, 5, 8)  # one embedding per frame, channels[-1] wide
     assert model.forward_sequence(x).shape == (4, 5, width)
     assert model.forward_features(x).shape == (4, width) and model.num_features == width
     assert model(x).shape == (4, 3)

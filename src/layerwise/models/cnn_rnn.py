@@ -19,13 +19,10 @@ from pydantic import Field
 from torch import nn
 
 from ..config import ModelConfig
-from ..errors import ModelError
-from . import LayerwiseModel, register_family
+from . import register_family
+from .recurrent import RecurrentReader
 
 __all__ = ["CNNRNN", "CNNRNNConfig", "FrameEncoder"]
-
-# carried between frames: h (layers * directions, B, hidden), or (h, c) for an LSTM
-RecurrentState = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 
 
 class CNNRNNConfig(ModelConfig):
@@ -68,7 +65,7 @@ class FrameEncoder(nn.Module):
 
 
 @register_family("cnn_rnn")
-class CNNRNN(LayerwiseModel):
+class CNNRNN(RecurrentReader):
     """LRCN: a per-frame CNN, then a GRU or LSTM over the frames (video classification/regression)."""
 
     accepts = frozenset({"video"})
@@ -78,57 +75,15 @@ class CNNRNN(LayerwiseModel):
         super().__init__(config, spec)
         _, channels, height, width = spec.input_shape  # (T, C, H, W)
         self.encoder = FrameEncoder(channels, height, width, config.channels, config.kernel_size, config.batch_norm)
-        cell = nn.GRU if config.cell == "gru" else nn.LSTM
-        # torch applies dropout between layers only, and warns when there is a single layer
-        self.rnn = cell(self.encoder.out_features, config.hidden, num_layers=config.layers, batch_first=True,
-                        bidirectional=config.bidirectional, dropout=config.dropout if config.layers > 1 else 0.0)
-        self.directions = 2 if config.bidirectional else 1
-        self.head = nn.Linear(config.hidden * self.directions, spec.num_outputs)
+        self._build_reader(nn.GRU if config.cell == "gru" else nn.LSTM, self.encoder.out_features, config)
 
-    def embed_frames(self, x: torch.Tensor) -> torch.Tensor:
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, C, H, W) → (B, T, E): every frame through the CNN in one batch of B * T images."""
         B, T = x.shape[:2]
         return self.encoder(x.reshape(B * T, *x.shape[2:])).view(B, T, -1)
 
-    def forward_sequence(self, x: torch.Tensor) -> torch.Tensor:
-        """Every frame's top-layer hidden state: (B, T, hidden * directions)."""
-        output, _ = self.rnn(self.embed_frames(x))
-        return output
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        output = self.forward_sequence(x)  # (B, T, hidden * directions)
-        if self.config.pooling == "mean":
-            return output.mean(dim=1)
-        hidden = self.config.hidden
-        forward_last = output[:, -1, :hidden]  # the forward direction ends at the last frame
-        if self.directions == 1:
-            return forward_last
-        backward_last = output[:, 0, hidden:]  # the backward direction ends at the first frame
-        return torch.cat([forward_last, backward_last], dim=1)  # (B, 2 * hidden)
-
-    # -- one frame at a time (a stream) -------------------------------------------------------------
-    def init_state(self, batch_size: int) -> RecurrentState:
-        """The zero state before the first frame."""
-        self._check_unidirectional()
-        weight = self.head.weight
-        h = torch.zeros(self.config.layers, batch_size, self.config.hidden, device=weight.device, dtype=weight.dtype)
-        return (h, torch.zeros_like(h)) if self.config.cell == "lstm" else h
-
-    def step(self, frame: torch.Tensor, state: RecurrentState) -> tuple[torch.Tensor, RecurrentState]:
-        """One frame (B, C, H, W): returns the hidden state (B, hidden) and the new state.
-
-        In eval mode this equals ``forward_sequence`` position by position (batch norm then uses its
-        running statistics, so a frame's embedding does not depend on the other frames).
-
-        >>> state = model.init_state(4)                                    # doctest: +SKIP
-        >>> for t in range(T): h, state = model.step(video[:, t], state)  # doctest: +SKIP
-        >>> logits = model.forward_head(h)                                 # doctest: +SKIP
-        """
-        self._check_unidirectional()
-        output, state = self.rnn(self.encoder(frame).unsqueeze(1), state)  # (B, 1, hidden)
-        return output[:, 0], state
-
-    def _check_unidirectional(self) -> None:
-        if self.directions != 1:
-            raise ModelError("model.bidirectional: a bidirectional cnn_rnn reads the whole sequence at once, so it "
-                             "cannot run frame by frame; set model.bidirectional: false to step")
+    def embed_step(self, frame: torch.Tensor) -> torch.Tensor:
+        """One frame per sample, (B, C, H, W) → (B, E). In eval mode (batch norm on its running
+        statistics) a frame's embedding does not depend on the other frames, so stepping through a
+        stream equals ``forward_sequence`` position by position."""
+        return self.encoder(frame)

@@ -49,26 +49,32 @@ class GRUConfig(RecurrentConfig):
     family: Literal["gru"] = "gru"
 
 
-class Recurrent(LayerwiseModel):
-    """Stacked recurrent layers over embedded inputs; the last (or mean) hidden state feeds the head."""
+class RecurrentReader(LayerwiseModel):
+    """A fused torch recurrent network over per-step embeddings, read out by pooling, then the head.
 
-    accepts = frozenset({"sequence", "tokens"})
-    cell: ClassVar[type[nn.RNNBase]] = nn.RNN
+    Subclasses build ``self.rnn`` with :meth:`_build_reader` and say how inputs become embeddings:
+    :meth:`embed` for a whole sequence (B, T, ...) -> (B, T, E), :meth:`embed_step` for one step
+    (B, ...) -> (B, E). The readout, ``forward_sequence`` and the step-by-step form live here once
+    (the rnn/lstm/gru families embed ids or features; ``cnn_rnn`` encodes video frames with a CNN).
+    """
 
-    def __init__(self, config: RecurrentConfig, spec):
-        super().__init__(config, spec)
-        self.inputs = SequenceInput(spec, config.embedding)
-        extra = {"nonlinearity": config.nonlinearity} if isinstance(config, RNNConfig) else {}
+    def _build_reader(self, cell: type[nn.RNNBase], input_width: int, config, **extra) -> None:
         # torch applies dropout between layers only, and warns when there is a single layer
-        self.rnn = self.cell(config.embedding, config.hidden, num_layers=config.layers, batch_first=True,
-                             bidirectional=config.bidirectional,
-                             dropout=config.dropout if config.layers > 1 else 0.0, **extra)
+        self.rnn = cell(input_width, config.hidden, num_layers=config.layers, batch_first=True,
+                        bidirectional=config.bidirectional, dropout=config.dropout if config.layers > 1 else 0.0,
+                        **extra)
         self.directions = 2 if config.bidirectional else 1
-        self.head = nn.Linear(config.hidden * self.directions, spec.num_outputs)
+        self.head = nn.Linear(config.hidden * self.directions, self.spec.num_outputs)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def embed_step(self, x_t: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
 
     def forward_sequence(self, x: torch.Tensor) -> torch.Tensor:
         """Every step's top-layer hidden state: (B, T, hidden * directions)."""
-        output, _ = self.rnn(self.inputs(x))
+        output, _ = self.rnn(self.embed(x))
         return output
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -82,7 +88,7 @@ class Recurrent(LayerwiseModel):
         backward_last = output[:, 0, hidden:]  # the backward direction ends at the first step
         return torch.cat([forward_last, backward_last], dim=1)  # (B, 2 * hidden)
 
-    # -- one step at a time (generation) ----------------------------------------------------------
+    # -- one step at a time (generation, streams) -------------------------------------------------
     def init_state(self, batch_size: int) -> RecurrentState:
         """The zero state before the first step."""
         self._check_unidirectional()
@@ -91,19 +97,39 @@ class Recurrent(LayerwiseModel):
         return (h, torch.zeros_like(h)) if isinstance(self.rnn, nn.LSTM) else h
 
     def step(self, x_t: torch.Tensor, state: RecurrentState) -> tuple[torch.Tensor, RecurrentState]:
-        """One time step: ``x_t`` is (B, F) features or (B,) token ids; returns (B, hidden) and the new state.
+        """One time step: ``x_t`` is one step's input (a token id, a feature vector or a frame per
+        sample); returns (B, hidden) and the new state.
 
         >>> state = model.init_state(4)                          # doctest: +SKIP
         >>> for t in range(T): h, state = model.step(x[:, t], state)  # doctest: +SKIP
         """
         self._check_unidirectional()
-        output, state = self.rnn(self.inputs(x_t).unsqueeze(1), state)  # (B, 1, hidden)
+        output, state = self.rnn(self.embed_step(x_t).unsqueeze(1), state)  # (B, 1, hidden)
         return output[:, 0], state
 
     def _check_unidirectional(self) -> None:
         if self.directions != 1:
             raise ModelError(f"model.bidirectional: a bidirectional {self.family} reads the whole sequence at once, so "
                              f"it cannot run step by step; set model.bidirectional: false to generate")
+
+
+class Recurrent(RecurrentReader):
+    """Stacked recurrent layers over embedded inputs; the last (or mean) hidden state feeds the head."""
+
+    accepts = frozenset({"sequence", "tokens"})
+    cell: ClassVar[type[nn.RNNBase]] = nn.RNN
+
+    def __init__(self, config: RecurrentConfig, spec):
+        super().__init__(config, spec)
+        self.inputs = SequenceInput(spec, config.embedding)
+        extra = {"nonlinearity": config.nonlinearity} if isinstance(config, RNNConfig) else {}
+        self._build_reader(self.cell, config.embedding, config, **extra)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inputs(x)  # (B, T, embedding)
+
+    def embed_step(self, x_t: torch.Tensor) -> torch.Tensor:
+        return self.inputs(x_t)  # (B, embedding)
 
 
 @register_family("rnn")
