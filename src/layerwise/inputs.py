@@ -92,7 +92,7 @@ def read_inputs(source: Any, run, need_labels: bool = False) -> Inputs:
             raise DataError(f"{path}: a table was given but the run expects {kind} inputs (an image folder or .npz)")
         from .data.tabular import read_table
 
-        return _frame_inputs(read_table(path, "\t" if suffix == ".tsv" else getattr(run.config.data, "delimiter", ",")),
+        return _frame_inputs(read_table(path, getattr(run.config.data, "delimiter", ",")),
                              run, str(path), need_labels)
     if suffix == ".npz":
         from .data.npz import as_kind, read_npz
@@ -165,7 +165,7 @@ def _text_inputs(source: Any, run, need_labels: bool) -> Inputs:
         if path is None:
             raise DataError("a language model reads a text file or folder (or a table with a text column); give a path")
         if table:
-            frame = read_table(path, "\t" if path.suffix.lower() == ".tsv" else cfg.delimiter)
+            frame = read_table(path, cfg.delimiter)
             content = "\n".join(table_texts(frame, cfg, str(path)))
         else:
             content = read_text(path, key="--data")
@@ -175,7 +175,7 @@ def _text_inputs(source: Any, run, need_labels: bool) -> Inputs:
         frame = source if isinstance(source, pd.DataFrame) else pd.DataFrame({cfg.text_column: list(source)})
         origin = "DataFrame" if isinstance(source, pd.DataFrame) else "list of texts"
     elif table:
-        frame, origin = read_table(path, "\t" if path.suffix.lower() == ".tsv" else cfg.delimiter), str(path)
+        frame, origin = read_table(path, cfg.delimiter), str(path)
     else:
         raise DataError(f"{path}: expected a CSV or Parquet table with a '{cfg.text_column}' column for this "
                         f"text classification run")

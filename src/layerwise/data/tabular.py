@@ -36,7 +36,8 @@ class ParquetConfig(TableConfig):
 
 
 def read_table(path: Path, delimiter: str = ","):
-    """Read a CSV or Parquet file into a DataFrame, with one-line errors."""
+    """Read a CSV or Parquet file into a DataFrame, with one-line errors (a ``.tsv`` file is
+    tab-separated whatever ``delimiter`` says)."""
     import pandas as pd
 
     if not path.is_file():
@@ -48,7 +49,7 @@ def read_table(path: Path, delimiter: str = ","):
             require("pyarrow", "parquet")
             frame = pd.read_parquet(path)
         else:
-            frame = pd.read_csv(path, sep=delimiter)
+            frame = pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else delimiter)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(f"{path}: cannot be read as a table ({first}); check the file format") from None

@@ -316,7 +316,7 @@ class TextSource(DataSource):
         if path.is_file() and path.suffix.lower() in TABLE_SUFFIXES:
             from .tabular import read_table
 
-            frame = read_table(path, "\t" if path.suffix.lower() == ".tsv" else cfg.delimiter)
+            frame = read_table(path, cfg.delimiter)
             texts = table_texts(frame, cfg, str(path))
             if task == "language_model":
                 text = "\n".join(texts)
@@ -338,7 +338,7 @@ class TextSource(DataSource):
         if path.suffix.lower() not in TABLE_SUFFIXES:
             raise DataError(f"data.path: {path} is plain text, which splits chronologically into language-model "
                             f"blocks, not into samples; cross-validation needs a table of texts and labels")
-        frame = read_table(path, "\t" if path.suffix.lower() == ".tsv" else cfg.delimiter)
+        frame = read_table(path, cfg.delimiter)
         texts = table_texts(frame, cfg, str(path))
         if cfg.label_column not in frame.columns:
             columns = [str(c) for c in frame.columns]
