@@ -98,6 +98,20 @@ def predict(run_dir, inputs, out) -> None:
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("run_dir", metavar="RUN", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", default="onnx", show_default=True, help="onnx, torchscript or exported-program")
+@click.option("--opset", type=click.IntRange(min=7), help="ONNX opset version (default: the exporter's)")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="file to write (default: RUN/export/)")
+def export(run_dir, fmt, opset, out) -> None:
+    """Export a trained RUN (dynamic batch), verified against PyTorch on its own test inputs."""
+    from . import load_run
+
+    result = load_run(run_dir).export(fmt, out=out, opset=opset)
+    click.echo(f"{result.format}: {result.path}")
+    click.echo(f"max abs diff vs PyTorch (batch {' and '.join(map(str, result.batches))}): {result.max_abs_diff:.3g}")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("run_dir", metavar="RUN", type=click.Path(path_type=Path))
 @click.option("--prompt", default="", help="text to continue (default: start from nothing)")
 @click.option("--tokens", default=200, show_default=True, type=click.IntRange(min=1), help="tokens to generate")
 @click.option("--temperature", default=1.0, show_default=True, type=click.FloatRange(min=0.0),
@@ -126,6 +140,29 @@ def forecast(run_dir, inputs, horizon, out) -> None:
     csv_path, plot_path = write_forecast(load_run(run_dir), inputs, horizon, out)
     click.echo(f"forecast: {csv_path}")
     click.echo(f"plot:     {plot_path}")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("run_dir", metavar="RUN", type=click.Path(path_type=Path))
+@click.option("--method", default="pgd", show_default=True, help="fgsm or pgd")
+@click.option("--eps", "eps", multiple=True, type=float,
+              help="attack strength (repeatable; images: pixel units in [0, 1])")
+@click.option("--steps", default=10, show_default=True, type=int, help="PGD steps")
+@click.option("--norm", default="linf", show_default=True, help="linf or l2")
+@click.option("--targeted", "target", help="push predictions towards this class instead of away from the truth")
+@click.option("--samples", default=500, show_default=True, type=int, help="examples of the split to attack")
+@click.option("--split", type=click.Choice(["test", "val", "train"]), default="test", show_default=True)
+def attack(run_dir, method, eps, steps, norm, target, samples, split) -> None:
+    """Attack a trained classification RUN with FGSM or PGD: accuracy at each eps, into RUN/attack/."""
+    from . import load_run
+
+    result = load_run(run_dir).attack(method, list(eps) or None, steps, norm, split, samples, target)
+    rows = {f"eps={e:g}": a for e, a in zip(result.eps, result.accuracy)}
+    _metrics_table(f"{run_dir}: accuracy under {method} ({norm}, {result.samples} {split} samples)", rows)
+    if result.target_rate is not None:
+        _metrics_table(f"predicted as target class {result.target_class}",
+                       {f"eps={e:g}": r for e, r in zip(result.eps, result.target_rate)})
+    click.echo(f"results: {Path(result.path) / 'attack.json'}")
 
 
 @cli.command(context_settings=CONTEXT)

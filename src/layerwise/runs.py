@@ -361,6 +361,21 @@ class Run:
 
         return forecast_frame(self, inputs, horizon)
 
+    def attack(self, method: str = "pgd", eps: list[float] | None = None, steps: int = 10, norm: str = "linf",
+               split: str = "test", samples: int = 500, target_class: Any = None):
+        """FGSM or PGD against ``samples`` examples of a split at each eps (image runs: pixel units in
+        [0, 1]); returns an AttackResult with the robustness curve and writes it into ``attack/``."""
+        from .attacks import attack_run
+
+        return attack_run(self, method, eps, steps, norm, split, samples, target_class)
+
+    def export(self, format: str = "onnx", out: str | Path | None = None, opset: int | None = None):
+        """Export the model (``onnx``, ``torchscript`` or ``exported-program``) into ``RUN/export/``, verified
+        against PyTorch on a batch of the test split; returns an ExportResult with the max abs diff."""
+        from .export import export_run
+
+        return export_run(self, format, out=out, opset=opset)
+
     def report(self) -> Path:
         """(Re)write ``report.html`` and return its path."""
         from .report import write_report

@@ -1,0 +1,216 @@
+"""Export a trained run to ONNX, TorchScript or a ``torch.export`` ExportedProgram, verified by parity.
+
+Every file is checked before it is reported: it is loaded back with the runtime a consumer would use
+(onnxruntime's ``InferenceSession`` for ONNX, ``torch.jit.load`` / ``torch.export.load`` for the
+others) and run on real inputs from the run's own test split, preprocessed as the model sees them,
+at batch 1 and at a larger batch (the batch dimension is dynamic). The largest absolute difference
+from PyTorch eager must be at most 1e-4 in float32.
+
+The preprocessing (normalisation statistics, tokenizer, class names) travels with the file: in the
+ONNX ``metadata_props`` and, for the two PyTorch formats, in a sidecar ``.json`` next to the file.
+
+TorchScript is produced by ``torch.jit.trace``, not ``torch.jit.script``: the families use Python
+control flow over config values (layer lists, unrolled recurrences) that scripting would have to
+type-check, while a trace records exactly the operations eager runs; the batch size stays symbolic
+because no family branches on it. The trace is verified at a second batch size, which catches a
+batch size frozen into the graph.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .errors import RunError, require
+
+__all__ = ["FORMATS", "TOLERANCE", "ExportResult", "export_model", "export_run", "read_metadata", "sample_inputs"]
+
+FORMATS = ("onnx", "torchscript", "exported-program")
+SUFFIX = {"onnx": ".onnx", "torchscript": ".pt", "exported-program": ".pt2"}
+TOLERANCE = 1e-4  # float32 parity bound between the exported file and PyTorch eager
+LARGE_BATCH = 5  # the second verification batch: proves the batch dimension is dynamic
+
+
+@dataclass
+class ExportResult:
+    """Where the file went and how closely it matches PyTorch eager."""
+
+    format: str
+    path: Path
+    max_abs_diff: float  # over batch 1 and the larger batch
+    batches: tuple[int, ...]
+    metadata_path: Path | None = None  # the sidecar .json (torchscript, exported-program)
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def sample_inputs(run, batch: int = LARGE_BATCH) -> torch.Tensor:
+    """A batch of the run's test split (else val, else train), preprocessed as the model sees it."""
+    bundle = run.data
+    split = next((s for s in (bundle.test, bundle.val, bundle.train) if s is not None and len(s) > 0), None)
+    if split is None:
+        raise RunError(f"{run.path}: the run's data has no rows to verify the export on")
+    x = split.x[:batch]
+    if len(x) < batch:  # a tiny split: repeat rows so the larger batch still differs from batch 1
+        x = x.repeat((-(-batch // len(x)),) + (1,) * (x.dim() - 1))[:batch]
+    return run.preprocessing.inputs.batch(x, train=False)
+
+
+def run_metadata(run) -> dict[str, str]:
+    """String metadata a consumer needs to use the file alone (ONNX metadata_props are strings)."""
+    data = json.loads((run.path / "data.json").read_text())
+    return {
+        "layerwise.family": run.config.model.family,
+        "layerwise.task": str(run.config.task),
+        "layerwise.spec": json.dumps(data["spec"]),
+        "layerwise.preprocessing": json.dumps(data["preprocessing"]),
+        "layerwise.class_names": json.dumps(run.spec.class_names),
+        "layerwise.input": "input: preprocessed batch, first dimension dynamic (see layerwise.preprocessing)",
+    }
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata recorded with an exported file: ONNX metadata_props or the sidecar ``.json``."""
+    path = Path(path)
+    if path.suffix == ".onnx":
+        onnx = require("onnx", "export")
+        return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    return json.loads(path.with_suffix(path.suffix + ".json").read_text())
+
+
+def export_run(run, format: str, out: str | Path | None = None, opset: int | None = None) -> ExportResult:
+    """Export ``run``'s model in ``format`` (into ``RUN/export/`` unless ``out``) and verify it."""
+    _check_format(format)
+    path = Path(out) if out is not None else run.path / "export" / f"model{SUFFIX[format]}"
+    return export_model(run.model, format, path, sample_inputs(run), metadata=run_metadata(run), opset=opset)
+
+
+def export_model(model: torch.nn.Module, format: str, path: str | Path, example: torch.Tensor, *,
+                 metadata: dict[str, str] | None = None, opset: int | None = None) -> ExportResult:
+    """Export ``model`` to ``path`` and verify it on ``example`` (a preprocessed batch of >= 2 rows)
+    and on its first row; raise a one-line RunError if it cannot be exported or does not match."""
+    _check_format(format)
+    if len(example) < 2:
+        raise RunError("export: the verification batch needs at least 2 rows to check the dynamic batch dimension")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = model.eval().float()
+    metadata = dict(metadata or {})
+    family = getattr(getattr(model, "config", None), "family", type(model).__name__)
+    try:
+        diff, batches = _export_and_verify(model, family, format, path, example, opset, metadata)
+    except BaseException:
+        path.unlink(missing_ok=True)  # never leave an unverified file where a consumer would pick it up
+        raise
+    sidecar = None
+    if format != "onnx":
+        sidecar = path.with_suffix(path.suffix + ".json")
+        sidecar.write_text(json.dumps(metadata, indent=2))
+    return ExportResult(format, path, diff, batches, sidecar, metadata)
+
+
+def _export_and_verify(model, family: str, format: str, path: Path, example: torch.Tensor, opset: int | None,
+                       metadata: dict[str, str]) -> tuple[float, tuple[int, ...]]:
+    """Write the file, run it at batch 1 and at the full example batch; return (max abs diff, batches)."""
+    # the exporters and runtimes raise many unrelated types (torch._dynamo, onnxscript, jit, onnxruntime);
+    # each means the family's graph cannot be captured or run in this format: say which and why, in one line
+    def failure(exc: Exception, what: str) -> RunError:
+        reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+        return RunError(f"export: the {family} model {what} ({type(exc).__name__}: {reason})")
+
+    try:
+        with torch.no_grad(), _quiet():
+            loaded = _EXPORTERS[format](model, path, example, opset, metadata)
+    except RunError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise failure(exc, f"cannot be exported to {format}") from None
+    diff = 0.0
+    batches = (1, len(example))
+    with torch.no_grad():
+        for batch in batches:
+            x = example[:batch]
+            expected = model(x).float()
+            try:
+                got = loaded(x)
+            except Exception as exc:  # noqa: BLE001
+                raise failure(exc, f"exported to {format} fails to run at batch {batch}") from None
+            if tuple(got.shape) != tuple(expected.shape):
+                raise RunError(f"export: the {format} file gives shape {tuple(got.shape)} at batch {batch}, "
+                               f"PyTorch gives {tuple(expected.shape)}")
+            diff = max(diff, (got.float() - expected).abs().max().item())
+    if not diff <= TOLERANCE:
+        raise RunError(f"export: the {format} file differs from PyTorch by max abs diff {diff:.3g} "
+                       f"(> {TOLERANCE:g}); it was not kept")
+    return diff, batches
+
+
+@contextlib.contextmanager
+def _quiet():
+    # the exporters log progress and warn about optional ops (torchvision) a layerwise model never uses;
+    # a failure still surfaces as an exception
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def _check_format(format: str) -> None:
+    if format not in FORMATS:
+        raise RunError(f"export: unknown format {format!r}; choose one of {', '.join(FORMATS)}")
+
+
+# -- exporters: each writes the file and returns a callable running the file as a consumer would -------------
+
+
+def _onnx(model, path: Path, example: torch.Tensor, opset: int | None, metadata: dict[str, str]):
+    onnx = require("onnx", "export")
+    ort = require("onnxruntime", "export")
+    require("onnxscript", "export")  # the dynamo exporter builds the graph with it
+    kwargs = {} if opset is None else {"opset_version": opset}
+    batch = torch.export.Dim("batch", min=1)
+    # dynamo=True is torch's current exporter; the batch dimension is declared dynamic so one file
+    # serves any batch size
+    program = torch.onnx.export(model, (example,), dynamo=True, input_names=["input"], output_names=["output"],
+                                dynamic_shapes=({0: batch},), verbose=False, **kwargs)
+    program.save(str(path))
+    proto = onnx.load(str(path))
+    used = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), None)
+    if opset is not None and used != opset:  # the version converter gives up quietly on some ops
+        raise RunError(f"export: --opset {opset} is not reachable for this model (the exporter wrote opset {used}); "
+                       f"use --opset {used} or leave --opset out")
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(proto, str(path))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return lambda x: torch.from_numpy(session.run(None, {name: x.cpu().numpy()})[0])
+
+
+def _torchscript(model, path: Path, example: torch.Tensor, opset, metadata):
+    traced = torch.jit.trace(model, (example,), check_trace=False)
+    torch.jit.save(traced, str(path))
+    return torch.jit.load(str(path))
+
+
+def _exported_program(model, path: Path, example: torch.Tensor, opset, metadata):
+    batch = torch.export.Dim("batch", min=1)
+    program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
+    torch.export.save(program, str(path))
+    return torch.export.load(str(path)).module()
+
+
+_EXPORTERS = {"onnx": _onnx, "torchscript": _torchscript, "exported-program": _exported_program}
