@@ -156,10 +156,9 @@ def _inputs(run, split_name: str, samples: int, seed: int):
     x, y = split.x[pick], split.y[pick].long()
     model = run.model.cpu().eval()  # autograd.grad(loss, x) below differentiates the input only
     if getattr(pre, "kind", None) == "image":
-        mean, std = (torch.tensor(v).view(-1, 1, 1) for v in (pre.mean_, pre.std_))
 
-        def model_fn(z):  # pixels in [0, 1] -> normalized, exactly as ImagePreprocessor.batch does
-            return model((z - mean) / std)
+        def model_fn(z):  # pixels in [0, 1] -> normalized by the run's own preprocessor
+            return model(pre.normalize_pixels(z))
 
         return x.float() / 255, y, model_fn, 0.0, 1.0, "pixels in [0, 1]"
     train = pre.batch(run.data.train.x).float()

@@ -207,12 +207,17 @@ class ImagePreprocessor:
         if train and self.augment:
             generator = torch.Generator().manual_seed(seed) if seed is not None else None
             x = _augment(x, self.augment, generator)
-        mean, std = self._stats(x.device)
-        x = (x - mean) / std
+        x = self.normalize_pixels(x)
         if train and self.augment and self.augment.get("noise"):
             noise = torch.randn(x.shape, generator=generator).to(x.device)
             x = x + self.augment["noise"] * noise
         return x.reshape(*frames, *x.shape[1:])
+
+    def normalize_pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """Pixels in [0, 1], (..., C, H, W), to the normalized floats the model sees (differentiable:
+        attacks perturb pixels and normalize inside the forward)."""
+        mean, std = self._stats(x.device)
+        return (x - mean[0]) / std[0]
 
     def _stats(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and std as (1, C, 1, 1) tensors, made once per device rather than per batch."""
