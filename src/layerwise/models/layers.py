@@ -165,3 +165,13 @@ class Block(nn.Module):
         out, k, v = self.attn.step(self.ln_1(x), k_past, v_past)
         x = x + out
         return x + self.mlp(self.ln_2(x)), k, v
+
+
+def attention_maps(blocks, h: torch.Tensor) -> list[torch.Tensor]:
+    """Run ``h`` (B, T, width) through pre-norm ``blocks`` with explicit attention; every layer's
+    probabilities (B, heads, T, T), for the transformer and vit families' ``attention_maps``."""
+    maps = []
+    for block in blocks:
+        h, probs = block.forward_explicit(h)
+        maps.append(probs)
+    return maps

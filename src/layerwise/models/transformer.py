@@ -28,7 +28,7 @@ from torch import nn
 from ..config import ModelConfig
 from ..errors import ModelError
 from . import LayerwiseModel, register_family
-from .layers import Block, SequenceInput, pool_sequence
+from .layers import Block, SequenceInput, attention_maps, pool_sequence
 
 __all__ = ["KVCache", "Transformer", "TransformerConfig"]
 
@@ -170,12 +170,7 @@ class Transformer(LayerwiseModel):
         >>> maps = model.attention_maps(x)   # doctest: +SKIP
         >>> maps[0].shape                    # (B, heads, T, T)  # doctest: +SKIP
         """
-        h = self._embed(x)
-        maps = []
-        for block in self.blocks:
-            h, probs = block.forward_explicit(h)
-            maps.append(probs)
-        return maps
+        return attention_maps(self.blocks, self._embed(x))
 
     # -- one position at a time (causal generation) -----------------------------------------------
     def init_state(self, batch_size: int) -> KVCache:

@@ -22,7 +22,7 @@ from torch import nn
 from ..config import ModelConfig
 from ..errors import ModelError
 from . import LayerwiseModel, register_family
-from .layers import Block
+from .layers import Block, attention_maps
 
 AUTO_PATCHES = (4, 2, 1)  # "auto" takes the largest of these dividing both image sides
 
@@ -124,9 +124,4 @@ class ViT(LayerwiseModel):
 
         >>> maps = model.attention_maps(images)  # len(maps) == config.layers
         """
-        x = self.embed(x)
-        maps = []
-        for block in self.blocks:
-            x, att = block.forward_explicit(x)
-            maps.append(att)
-        return maps
+        return attention_maps(self.blocks, self.embed(x))
