@@ -26,7 +26,7 @@ def digits_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def batch(digits_run):
-    x, y, model_fn, _lo, _hi, _space = _inputs(digits_run, "test", 64, seed=0)
+    x, y, model_fn, _space = _inputs(digits_run, "test", 64, seed=0)
     return x, y, model_fn
 
 

@@ -17,10 +17,11 @@ from .data import SOURCES, DataSource, register_source  # noqa: E402
 from .tasks import TASKS, Task, register_task  # noqa: E402
 from .runs import Run, load_run, train  # noqa: E402
 from .cv import cross_validate  # noqa: E402
+from .distill import distill  # noqa: E402
 
 __all__ = [
     "__version__", "train", "load_run", "Run", "cross_validate", "load_config", "ExperimentConfig",
     "LayerwiseError", "ConfigError", "DataError", "ModelError", "RunError", "TrainingDivergedError",
     "FAMILIES", "LayerwiseModel", "register_family", "SOURCES", "DataSource", "register_source",
-    "TASKS", "Task", "register_task",
+    "TASKS", "Task", "register_task", "distill",
 ]

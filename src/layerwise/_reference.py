@@ -33,8 +33,8 @@ def _section(title: str, schema: type[BaseModel], skip: tuple[str, ...] = ()) ->
 
 def config_reference() -> str:
     """Markdown tables of every section, data source and model family."""
-    from .config import (AugmentConfig, DataConfig, EarlyStoppingConfig, EvaluateConfig, ExperimentConfig,
-                         SchedulerConfig, TrainConfig)
+    from .config import (AdversarialConfig, AugmentConfig, DataConfig, EarlyStoppingConfig, EvaluateConfig,
+                         ExperimentConfig, SchedulerConfig, TrainConfig)
     from .data import SOURCES
     from .models import FAMILIES
     from .tasks import TASKS
@@ -76,6 +76,7 @@ def config_reference() -> str:
     out += _section("train", TrainConfig)
     out += _section("train.scheduler (a name, or a mapping with `name`)", SchedulerConfig)
     out += _section("train.early_stopping (`true` for the defaults)", EarlyStoppingConfig)
+    out += _section("train.adversarial (adversarial training, docs/robustness.md)", AdversarialConfig)
     out += ["## evaluate", ""]
     out += _section("evaluate", EvaluateConfig)
     return "\n".join(out).rstrip() + "\n"

@@ -72,15 +72,55 @@ def train(config, overrides, resume, runs_dir, quiet) -> None:
 @click.option("--data", type=click.Path(path_type=Path), help="a labelled file or folder to score instead")
 @click.option("--split", type=click.Choice(["test", "val", "train"]), default="test", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="print the metrics as JSON")
-def evaluate(run_dir, data, split, as_json) -> None:
-    """Score a trained RUN on its test split or on other labelled data."""
+@click.option("--sensitive", metavar="COLUMN", help="fairness: metrics per group of this column (tabular runs)")
+@click.option("--positive", metavar="LABEL", help="fairness: the positive class (default: the second class)")
+@click.option("--bins", default=4, show_default=True, type=int, help="fairness: quantile bins of a numeric column")
+@click.option("--mitigate", metavar="METHOD", help="fairness: 'threshold' (fairlearn's ThresholdOptimizer)")
+@click.option("--constraint", default="demographic_parity", show_default=True,
+              help="fairness: demographic_parity or equalized_odds")
+def evaluate(run_dir, data, split, as_json, sensitive, positive, bins, mitigate, constraint) -> None:
+    """Score a trained RUN on its test split or on other labelled data; --sensitive adds fairness."""
     from . import load_run
+    from .errors import ConfigError
 
-    result = load_run(run_dir).evaluate(data=data, split=split)
+    if sensitive is None and (positive is not None or mitigate is not None):
+        raise ConfigError("--positive and --mitigate need --sensitive COLUMN (the groups to compare)")
+    run = load_run(run_dir)
+    result = run.evaluate(data=data, split=split)
+    fair = None if sensitive is None else run.fairness(sensitive, split, data=data, positive=positive, bins=bins,
+                                                       mitigate=mitigate, constraint=constraint)
     if as_json:
-        click.echo(json.dumps({"metrics": dict(result), "details": result.details}, indent=2))
-    else:
-        _metrics_table(f"{run_dir}: {'data ' + str(data) if data else split}", dict(result))
+        out = {"metrics": dict(result), "details": result.details}
+        click.echo(json.dumps(out if fair is None else {**out, "fairness": fair.to_dict()}, indent=2))
+        return
+    _metrics_table(f"{run_dir}: {'data ' + str(data) if data else split}", dict(result))
+    if fair is not None:
+        _fairness_tables(fair)
+
+
+def _fairness_tables(fair) -> None:
+    from rich.table import Table
+
+    from .fairness import mitigation_rows
+
+    table = Table(title=f"groups of {fair.column}" + (f" (positive class {fair.positive})" if fair.positive else ""),
+                  header_style="bold")
+    for key in fair.groups[0]:
+        table.add_column(key, justify="left" if key == "group" else "right")
+    for row in fair.groups:
+        table.add_row(*("-" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v) for v in row.values()))
+    _console().print(table)
+    click.echo(f"demographic parity difference: {fair.demographic_parity_difference:.4f}")
+    click.echo(f"equalized odds difference:     {fair.equalized_odds_difference:.4f}")
+    if fair.mitigation is not None:
+        rows = mitigation_rows(fair.mitigation)
+        table = Table(title=f"threshold optimizer, {fair.mitigation['constraint']}", header_style="bold")
+        for key in ("metric", "before", "after"):
+            table.add_column(key, justify="left" if key == "metric" else "right")
+        for row in rows:
+            table.add_row(row["metric"], f"{row['before']:.4f}", f"{row['after']:.4f}")
+        _console().print(table)
+    click.echo(f"fairness: {Path(fair.path) / 'fairness.json'}")
 
 
 @cli.command(context_settings=CONTEXT)
@@ -101,13 +141,42 @@ def predict(run_dir, inputs, out) -> None:
 @click.option("--format", "fmt", default="onnx", show_default=True, help="onnx, torchscript or exported-program")
 @click.option("--opset", type=click.IntRange(min=7), help="ONNX opset version (default: the exporter's)")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="file to write (default: RUN/export/)")
-def export(run_dir, fmt, opset, out) -> None:
+@click.option("--int8", type=click.Choice(["static", "dynamic"]),
+              help="also quantize the ONNX file to int8 with onnxruntime (static: calibrated on training data)")
+def export(run_dir, fmt, opset, out, int8) -> None:
     """Export a trained RUN (dynamic batch), verified against PyTorch on its own test inputs."""
     from . import load_run
 
-    result = load_run(run_dir).export(fmt, out=out, opset=opset)
-    click.echo(f"{result.format}: {result.path}")
-    click.echo(f"max abs diff vs PyTorch (batch {' and '.join(map(str, result.batches))}): {result.max_abs_diff:.3g}")
+    result = load_run(run_dir).export(fmt, out=out, opset=opset, int8=int8)
+    click.echo(f"{result.format}{' int8 ' + int8 if int8 else ''}: {result.path}")
+    if result.int8 is None:
+        click.echo(f"max abs diff vs PyTorch (batch {' and '.join(map(str, result.batches))}): {result.max_abs_diff:.3g}")
+        return
+    check = result.int8
+    click.echo(f"float32 file: {check['fp32_path']} ({check['size_fp32']:,} bytes; int8 {check['size_int8']:,} bytes, "
+               f"{check['size_fp32'] / check['size_int8']:.1f}x smaller)")
+    agreement = f"top-1 agreement {check['agreement']:.2%}, " if "agreement" in check else ""
+    click.echo(f"int8 vs float32 on {check['rows']} test rows: {agreement}max abs diff {check['max_abs_diff']:.3g}")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("run_dir", metavar="RUN", type=click.Path(path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True, help="address to listen on (0.0.0.0: every interface)")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--backend", default="torch", show_default=True, help="torch, onnx or onnx-int8 (RUN/export/model[.int8].onnx, made if missing)")
+@click.option("--workers", default=1, show_default=True, type=int, help="uvicorn worker processes")
+@click.option("--max-batch", default=64, show_default=True, type=int, help="rows merged into one forward at most")
+@click.option("--max-wait-ms", default=5.0, show_default=True, type=float, help="longest wait for a batch to fill")
+@click.option("--max-body-mb", default=8.0, show_default=True, type=float, help="larger request bodies get 413")
+@click.option("--max-rows", default=256, show_default=True, type=int, help="more rows in one request get 422")
+@click.option("--log-level", default="info", show_default=True, help="uvicorn's (warning: no access log)")
+def serve(run_dir, host, port, backend, workers, max_batch, max_wait_ms, max_body_mb, max_rows, log_level) -> None:
+    """Serve a trained RUN over HTTP (FastAPI + uvicorn): POST /predict, GET /health, /metadata, /docs."""
+    from .serve import serve as serve_run
+
+    serve_run(run_dir, host=host, port=port, backend=backend, workers=workers, max_batch=max_batch,
+              max_wait_ms=max_wait_ms, max_body_bytes=int(max_body_mb * 1024 * 1024), max_rows=max_rows,
+              log_level=log_level)
 
 
 @cli.command(context_settings=CONTEXT)
@@ -166,6 +235,45 @@ def attack(run_dir, method, eps, steps, norm, target, samples, split) -> None:
 
 
 @cli.command(context_settings=CONTEXT)
+@click.argument("run_dir", metavar="RUN", type=click.Path(path_type=Path))
+@click.option("--method", "methods", multiple=True,
+              help="saliency, integrated_gradients, gradient_shap, kernel_shap, lime, occlusion, attention, "
+                   "attention_rollout (repeatable; default: every method that fits the run)")
+@click.option("--samples", default=8, show_default=True, type=click.IntRange(min=1), help="examples to explain")
+@click.option("--target", help="explain this class instead of the predicted one")
+@click.option("--split", type=click.Choice(["test", "val", "train"]), default="test", show_default=True)
+@click.option("--no-trust", is_flag=True, help="skip the trust table (faster)")
+@click.option("--seed", default=0, show_default=True, type=int, help="picks the samples and seeds sampling methods")
+@click.option("--json", "as_json", is_flag=True, help="print explain.json, raw attributions included")
+def explain(run_dir, methods, samples, target, split, no_trust, seed, as_json) -> None:
+    """Explain a trained RUN's predictions (Captum attributions, pictures, trust table) into RUN/explain/."""
+    from rich.table import Table
+
+    from . import load_run
+    from .explain import trust_rows
+
+    result = load_run(run_dir).explain(list(methods) or None, samples, target, split, trust=not no_trust, seed=seed,
+                                       include_attributions=as_json)
+    if as_json:
+        click.echo((Path(result.path) / "explain.json").read_text())
+        return
+    rows = trust_rows(result.trust)
+    if rows:
+        table = Table(title=f"{run_dir}: how far to trust each explanation ({result.samples} {split} samples)",
+                      header_style="bold")
+        short = {"random_deletion_auc": "random del.", "random_insertion_auc": "random ins.",
+                 "randomisation_spearman": "rand. spearman"}
+        for key in rows[0]:
+            table.add_column(short.get(key, key), justify="left" if key in ("method", "sanity check") else "right")
+        for row in rows:
+            table.add_row(*(f"{v:.4f}" if isinstance(v, float) else str(v) for v in row.values()))
+        _console().print(table)
+    if result.trust_note:
+        click.echo(result.trust_note)
+    click.echo(f"explanations: {result.path}")
+
+
+@cli.command(context_settings=CONTEXT)
 @click.argument("config", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--folds", default=5, show_default=True, type=int, help="number of folds")
 @set_option
@@ -184,6 +292,60 @@ def cv(config, folds, overrides, runs_dir) -> None:
         table.add_row(key, f"{mean:.4f}", f"± {std:.4f}")
     _console().print(table)
     click.echo(f"results: {Path(result['path']) / 'cv.json'}")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("teacher", metavar="TEACHER_RUN", type=click.Path(path_type=Path))
+@click.argument("student", metavar="STUDENT_CONFIG", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--temperature", default=4.0, show_default=True, type=float, help="softens both models' probabilities")
+@click.option("--alpha", default=0.9, show_default=True, type=float,
+              help="weight of the soft-target term (0: plain cross-entropy on the labels)")
+@set_option
+@click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--no-baseline", is_flag=True, help="do not also train the student alone for comparison")
+@click.option("--quiet", is_flag=True, help="no progress output")
+def distill(teacher, student, temperature, alpha, overrides, runs_dir, no_baseline, quiet) -> None:
+    """Distil a trained classification TEACHER_RUN into a student from STUDENT_CONFIG (Hinton et al., 2015)."""
+    from rich.table import Table
+
+    from . import distill as distill_run
+
+    run = distill_run(teacher, student, temperature=temperature, alpha=alpha, baseline=not no_baseline,
+                      runs_dir=runs_dir, overrides=overrides, quiet=quiet)
+    rows = run.metrics["distillation"]["rows"]
+    table = Table(title=f"distillation, T={temperature:g}, alpha={alpha:g} ({run.metrics['split']} split)",
+                  header_style="bold")
+    for col in ("model", "family", "parameters", "accuracy", "errors"):
+        table.add_column(col, justify="left" if col in ("model", "family") else "right")
+    for row in rows:
+        errors = "-" if row["errors"] is None else f"{row['errors']} / {row['samples']}"
+        table.add_row(row["role"], row["family"], f"{row['parameters']:,}", f"{row['accuracy']:.4f}", errors)
+    _console().print(table)
+    click.echo(f"run:    {run.path}")
+    click.echo(f"report: {run.path / 'report.html'}")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("run_dir", metavar="RUN", type=click.Path(path_type=Path))
+@click.option("--quantize", help="int8 quantization: dynamic, static (calibrated) or qat (fine-tuned)")
+@click.option("--prune", help="pruning: magnitude (global, unstructured) or structured (removes channels)")
+@click.option("--sparsity", type=float, help="pruning: fraction of weights / channels to remove, in (0, 1)")
+@click.option("--iterative", default=1, show_default=True, type=int, help="pruning rounds towards the sparsity")
+@click.option("--finetune-epochs", default=0, show_default=True, type=int,
+              help="epochs of fine-tuning after each pruning round, or of quantization-aware training")
+@click.option("--calibration-batches", default=8, show_default=True, type=int,
+              help="static: training batches that calibrate the activation ranges")
+@click.option("--runs-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="where to write the new run (default: beside RUN)")
+def compress(run_dir, quantize, prune, sparsity, iterative, finetune_epochs, calibration_batches, runs_dir) -> None:
+    """Quantize or prune a trained RUN into a new run; prints its path and the size/latency/accuracy table."""
+    from . import load_run
+
+    result = load_run(run_dir).compress(quantize=quantize, prune=prune, sparsity=sparsity, iterative=iterative,
+                                        finetune_epochs=finetune_epochs, calibration_batches=calibration_batches,
+                                        runs_dir=runs_dir)
+    _console().print(result.rich_table())
+    click.echo(f"run: {result.path}")
 
 
 @cli.group(context_settings=CONTEXT, invoke_without_command=True)

@@ -25,6 +25,7 @@ __all__ = [
     "AugmentConfig",
     "SchedulerConfig",
     "EarlyStoppingConfig",
+    "AdversarialConfig",
     "TrainConfig",
     "EvaluateConfig",
     "ExperimentConfig",
@@ -97,6 +98,22 @@ class EarlyStoppingConfig(Section):
     restore_best: bool = Field(True, description="end with the weights of the best epoch")
 
 
+class AdversarialConfig(Section):
+    """Adversarial training (Madry et al. 2018): train on attacked versions of the training batches."""
+
+    method: Literal["pgd", "fgsm"] = Field("pgd", description="the attack that makes the training batches")
+    eps: float = Field(..., gt=0, description="attack strength: images in pixel units of [0, 1], other inputs in "
+                       "training standard deviations")
+    steps: int = Field(10, ge=1, description="pgd: attack steps per batch (and of the final robust accuracy)")
+    step_size: float | None = Field(None, gt=0, description="pgd: step size (default 2.5 * eps / steps)")
+    norm: Literal["linf", "l2"] = Field("linf", description="the norm of the eps-ball")
+    ratio: float = Field(1.0, gt=0, le=1, description="share of each batch replaced by its adversarial version "
+                         "(1: Madry's pure adversarial training, 0.5: half clean, half adversarial)")
+    start_epoch: int = Field(0, ge=0, description="epochs trained on clean batches first (warm-up)")
+    eval_samples: int = Field(500, ge=0, description="test samples attacked with PGD after training for the "
+                              "robust accuracy in metrics.json (0: skip)")
+
+
 class TrainConfig(Section):
     epochs: int = Field(10, ge=1, description="passes over the training data")
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
@@ -117,12 +134,19 @@ class TrainConfig(Section):
         None, description="classification: 'balanced' or one weight per class"
     )
     early_stopping: EarlyStoppingConfig | None = Field(None, description="stop when a metric stops improving")
+    adversarial: AdversarialConfig | None = Field(None, description="adversarial training (classification of "
+                                                  "continuous inputs); off when absent")
     seed: int = Field(0, description="seeds weights, shuffling, dropout and augmentation")
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:N, mps")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 runs forward passes under autocast")
     checkpoint_every: int | None = Field(None, ge=1, description="also checkpoint every N steps (mid-epoch)")
     log_every: int = Field(50, ge=1, description="steps between progress updates and NaN checks")
     progress: bool = Field(True, description="show a progress bar")
+    energy: Literal["auto", "rapl", "codecarbon", "estimate", "off"] = Field(
+        "auto", description="energy/CO2 accounting: auto (RAPL counters when readable, else a CPU-time estimate), "
+        "rapl, codecarbon (costs ~2 s to start), estimate, off; see docs/energy.md")
+    energy_country: str | None = Field(None, pattern=r"^[A-Za-z]{3}$", description="ISO 3166 alpha-3 country "
+                                       "for the CO2 factor (e.g. FRA); empty: world average 475 g/kWh")
 
     @field_validator("scheduler", mode="before")
     @classmethod
@@ -137,6 +161,12 @@ class TrainConfig(Section):
         if value is True:
             return {}
         return None if value is False else value
+
+    @field_validator("energy", mode="before")
+    @classmethod
+    def _energy_flag(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare `off` as false and `on` as true
+        return {False: "off", True: "auto"}.get(value, value) if isinstance(value, bool) else value
 
 
 class EvaluateConfig(Section):

@@ -9,6 +9,14 @@ from PyTorch eager must be at most 1e-4 in float32.
 The preprocessing (normalisation statistics, tokenizer, class names) travels with the file: in the
 ONNX ``metadata_props`` and, for the two PyTorch formats, in a sidecar ``.json`` next to the file.
 
+An ONNX export can also be quantized to int8 with onnxruntime's own quantization (``int8="static"``:
+weights per channel and activations calibrated on batches of the training split, in the QDQ format
+onnxruntime's CPU kernels fuse; ``int8="dynamic"``: weights only, activations scaled per batch at run
+time). An int8 file cannot meet the float32 bound, so it is verified differently: it is run on up to
+1,000 rows of the test split next to the float32 file, and the top-1 agreement (classification) and
+the largest absolute difference are reported; a file that agrees on fewer than 90% of the rows is
+refused, as a broken quantization rather than a lossy one.
+
 TorchScript is produced by ``torch.jit.trace``, not ``torch.jit.script``: the families use Python
 control flow over config values (layer lists, unrolled recurrences) that scripting would have to
 type-check, while a trace records exactly the operations eager runs; the batch size stays symbolic
@@ -29,12 +37,15 @@ import torch
 
 from .errors import RunError, require
 
-__all__ = ["FORMATS", "TOLERANCE", "ExportResult", "export_model", "export_run", "read_metadata", "sample_inputs"]
+__all__ = ["FORMATS", "INT8_MODES", "TOLERANCE", "ExportResult", "export_model", "export_run", "read_metadata",
+           "sample_inputs"]
 
 FORMATS = ("onnx", "torchscript", "exported-program")
 SUFFIX = {"onnx": ".onnx", "torchscript": ".pt", "exported-program": ".pt2"}
 TOLERANCE = 1e-4  # float32 parity bound between the exported file and PyTorch eager
 LARGE_BATCH = 5  # the second verification batch: proves the batch dimension is dynamic
+INT8_MODES = ("static", "dynamic")
+INT8_MIN_AGREEMENT = 0.9  # below this a quantized classifier is broken, not merely lossy
 
 
 @dataclass
@@ -47,6 +58,7 @@ class ExportResult:
     batches: tuple[int, ...]
     metadata_path: Path | None = None  # the sidecar .json (torchscript, exported-program)
     metadata: dict[str, str] = field(default_factory=dict)
+    int8: dict | None = None  # for an int8 file: mode, float32 file, rows checked, agreement, sizes
 
 
 def sample_inputs(run, batch: int = LARGE_BATCH) -> torch.Tensor:
@@ -83,11 +95,27 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     return json.loads(path.with_suffix(path.suffix + ".json").read_text())
 
 
-def export_run(run, format: str, out: str | Path | None = None, opset: int | None = None) -> ExportResult:
-    """Export ``run``'s model in ``format`` (into ``RUN/export/`` unless ``out``) and verify it."""
+def export_run(run, format: str, out: str | Path | None = None, opset: int | None = None,
+               int8: str | None = None, calibration_batches: int = 8) -> ExportResult:
+    """Export ``run``'s model in ``format`` (into ``RUN/export/`` unless ``out``) and verify it.
+
+    ``int8`` ("static" or "dynamic", ONNX only) also quantizes the verified float32 file with
+    onnxruntime; the result then describes the int8 file, with the float32 one beside it."""
     _check_format(format)
+    if int8 is not None:
+        if format != "onnx":
+            raise RunError(f"export: int8 quantization is done by onnxruntime, so it needs --format onnx (got {format})")
+        if int8 not in INT8_MODES:
+            raise RunError(f"export: unknown int8 mode {int8!r}; choose one of {', '.join(INT8_MODES)}")
     path = Path(out) if out is not None else run.path / "export" / f"model{SUFFIX[format]}"
-    return export_model(run.model, format, path, sample_inputs(run), metadata=run_metadata(run), opset=opset)
+    fp32_path = path
+    if int8 is not None:  # RUN/export/model.onnx stays the float32 file, model.int8.onnx beside it
+        fp32_path = path if out is None else path.with_name(path.stem + ".fp32.onnx")
+        path = path.with_name("model.int8.onnx") if out is None else path
+    result = export_model(run.model, format, fp32_path, sample_inputs(run), metadata=run_metadata(run), opset=opset)
+    if int8 is None:
+        return result
+    return _quantize_onnx(run, result, path, int8, calibration_batches)
 
 
 def export_model(model: torch.nn.Module, format: str, path: str | Path, example: torch.Tensor, *,
@@ -211,6 +239,78 @@ def _exported_program(model, path: Path, example: torch.Tensor, opset, metadata)
     program = torch.export.export(model, (example,), dynamic_shapes=({0: batch},))
     torch.export.save(program, str(path))
     return torch.export.load(str(path)).module()
+
+
+def _quantize_onnx(run, fp32: ExportResult, path: Path, mode: str, calibration_batches: int) -> ExportResult:
+    """Quantize a verified float32 ONNX file to int8 with onnxruntime, check it against the float32 file."""
+    require("onnx", "export")
+    ort = require("onnxruntime", "export")
+    quantization = require("onnxruntime.quantization", "export")
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    prepared = path.with_name(path.stem + ".pre.onnx")
+    pre = run.preprocessing.inputs
+    try:
+        with _quiet():
+            # onnxruntime's recommended first step: shape inference and graph optimisation, so the
+            # quantizer sees fused Conv/MatMul nodes with known shapes
+            quant_pre_process(str(fp32.path), str(prepared))
+            if mode == "dynamic":
+                quantization.quantize_dynamic(str(prepared), str(path), weight_type=quantization.QuantType.QInt8)
+            else:
+                train = run.data.train
+                pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
+                rows = pick[: calibration_batches * 64]
+                batches = [pre.batch(train.x[rows[i:i + 64]], train=False).numpy() for i in range(0, len(rows), 64)]
+                quantization.quantize_static(
+                    str(prepared), str(path), _Calibration(batches), quant_format=quantization.QuantFormat.QDQ,
+                    per_channel=True, activation_type=quantization.QuantType.QUInt8,
+                    weight_type=quantization.QuantType.QInt8)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises many types; each means this graph cannot be quantized
+        path.unlink(missing_ok=True)
+        reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise RunError(f"export: onnxruntime cannot quantize the {run.config.model.family} model to int8 ({mode}): "
+                       f"{type(exc).__name__}: {reason}") from None
+    finally:
+        prepared.unlink(missing_ok=True)
+    onnx = require("onnx", "export")
+    proto = onnx.load(str(path))
+    del proto.metadata_props[:]
+    for key, value in {**fp32.metadata, "layerwise.quantization": f"int8 {mode} (onnxruntime)"}.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(proto, str(path))
+
+    bundle = run.data
+    split = next((s for s in (bundle.test, bundle.val, bundle.train) if s is not None and len(s) > 0))
+    x = pre.batch(split.x[:1000], train=False).numpy()
+    outputs = []
+    for file in (fp32.path, path):
+        session = ort.InferenceSession(str(file), providers=["CPUExecutionProvider"])
+        outputs.append(session.run(None, {session.get_inputs()[0].name: x})[0])
+    reference, quantized = outputs
+    check = {"mode": mode, "fp32_path": str(fp32.path), "rows": len(x),
+             "max_abs_diff": float(abs(quantized - reference).max()),
+             "size_fp32": fp32.path.stat().st_size, "size_int8": path.stat().st_size}
+    if run.spec.target == "class" and reference.ndim == 2:
+        check["agreement"] = float((quantized.argmax(1) == reference.argmax(1)).mean())
+        if check["agreement"] < INT8_MIN_AGREEMENT:
+            path.unlink(missing_ok=True)
+            raise RunError(f"export: the int8 ({mode}) file agrees with float32 on only {check['agreement']:.1%} of "
+                           f"{len(x)} rows (< {INT8_MIN_AGREEMENT:.0%}); it was not kept; try --int8 "
+                           f"{'dynamic' if mode == 'static' else 'static'}")
+    return ExportResult("onnx", path, check["max_abs_diff"], (len(x),), None, dict(fp32.metadata), check)
+
+
+class _Calibration:
+    """onnxruntime's CalibrationDataReader protocol over preprocessed training batches."""
+
+    def __init__(self, batches):
+        self._batches = iter(batches)
+
+    def get_next(self):
+        batch = next(self._batches, None)
+        return None if batch is None else {"input": batch}
 
 
 _EXPORTERS = {"onnx": _onnx, "torchscript": _torchscript, "exported-program": _exported_program}

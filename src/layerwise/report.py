@@ -126,6 +126,9 @@ def write_report(run) -> Path:
     """Render ``report.html`` for a run (atomically) and return its path."""
     import jinja2
 
+    from . import compress  # noqa: F401  (registers the Compression section; it shows only in compressed runs)
+    from . import explain  # noqa: F401  (registers the Explanations section; it shows only after explain)
+    from . import fairness  # noqa: F401  (registers the Fairness section; it shows only after evaluate --sensitive)
     from .train.checkpoint import atomic_write
 
     metrics = run.metrics

@@ -31,7 +31,9 @@ from .models import FAMILIES, LayerwiseModel, build_model, wrap_module
 from .tasks import TASKS, infer_task
 from .train import (Callback, Checkpoint, EarlyStopping, EpochPrinter, HistoryCSV, ProgressBar, Trainer,
                     resolve_device, seed_everything)
+from .train.adversarial import adversarial_task
 from .train.checkpoint import atomic_write
+from .train.energy import EnergyCallback
 
 __all__ = ["Run", "train", "load_run", "prepare", "prepare_bundle"]
 
@@ -65,6 +67,7 @@ def prepare_bundle(config: ExperimentConfig, bundle: DataBundle, model: torch.nn
         config = config.model_copy(update={"model": net.config})
     task.check_model(net)
     _check_monitors(config, task)
+    task = adversarial_task(task, config.train.adversarial, bundle)  # refuses what it cannot attack
     return Prepared(config, bundle, task, net)
 
 
@@ -181,6 +184,7 @@ def train(config: str | Path | Mapping[str, Any] | ExperimentConfig | None = Non
     cfg, bundle, task, net = prepared.config, prepared.bundle, prepared.task, prepared.model
     device = resolve_device(cfg.train.device)
     train_loader, val_loader = loaders(bundle, cfg, device)
+    energy = None if cfg.train.energy == "off" else EnergyCallback(device, cfg.train.energy, cfg.train.energy_country)
 
     if resume is not None and extra:
         # e.g. --resume RUN --set train.epochs=30 extends a run: its config must say so
@@ -202,6 +206,8 @@ def train(config: str | Path | Mapping[str, Any] | ExperimentConfig | None = Non
     if cfg.train.early_stopping is not None:
         cbs.insert(0, EarlyStopping.from_config(cfg.train.early_stopping))
     cbs += task.callbacks(run_dir) + list(callbacks)
+    if energy is not None:
+        cbs.append(energy)
     trainer = Trainer(net, task, cfg.train, callbacks=cbs, device=device, eval_cfg=cfg.evaluate)
     if checkpoint is not None:
         trainer.resume_from(checkpoint)
@@ -229,7 +235,10 @@ def train(config: str | Path | Mapping[str, Any] | ExperimentConfig | None = Non
                 "restored_best_epoch": trainer.restored_epoch,
                 "parameters": sum(p.numel() for p in net.parameters()), "layerwise_version": __version__,
                 "torch_version": torch.__version__}
-    metrics = {"split": split, "metrics": dict(result), "details": result.details, "training": training}
+    metrics = {"split": split, "metrics": dict(result), "details": result.details, "training": training,
+               "energy": None if energy is None else energy.result}
+    if cfg.train.adversarial is not None and cfg.train.adversarial.eval_samples:
+        metrics["robustness"] = task.robustness(net, bundle.split(split), split, device)  # clean vs robust accuracy
     _write_json(run_dir / "metrics.json", metrics)
     run.report()
     return run
@@ -281,6 +290,11 @@ class Run:
         """Rebuild the model and load its weights (``module``: a user module to load them into)."""
         from safetensors.torch import load_file
 
+        if module is None and (self.path / "compression.json").is_file():
+            # quantized or pruned: the compressor rebuilds the architecture it changed
+            from .compress import load_compressed_model
+
+            return load_compressed_model(self)
         weights = self.path / "model.safetensors"
         if not weights.is_file():
             raise RunError(f"{self.path}: model.safetensors is missing; the run did not finish (resume it with --resume)")
@@ -369,12 +383,54 @@ class Run:
 
         return attack_run(self, method, eps, steps, norm, split, samples, target_class)
 
-    def export(self, format: str = "onnx", out: str | Path | None = None, opset: int | None = None):
+    def fairness(self, sensitive: str, split: str = "test", data: Any = None, positive: Any = None, bins: int = 4,
+                 mitigate: str | None = None, constraint: str = "demographic_parity"):
+        """Per-group metrics by the column ``sensitive`` (tabular classification runs): accuracy, selection
+        rate, TPR/FPR, demographic-parity and equalized-odds differences; ``mitigate="threshold"`` adds
+        fairlearn's threshold optimizer fitted on the validation split. Writes ``RUN/fairness/``."""
+        from .fairness import fairness_report
+
+        return fairness_report(self, sensitive, split, data=data, positive=positive, mitigate=mitigate, bins=bins,
+                               constraint=constraint)
+
+    def explain(self, methods: list[str] | None = None, samples: int = 8, target: Any = None, split: str = "test",
+                out_dir: str | Path | None = None, trust: bool = True, seed: int = 0,
+                include_attributions: bool = False):
+        """Explain ``samples`` examples of a split with each method (default: every method that fits)
+        for the predicted class or ``target``; writes ``explain/`` and the report's Explanations
+        section; returns an ExplainResult with the attributions and the trust table."""
+        from .explain import explain_run
+
+        return explain_run(self, methods, samples, target, split, out_dir, trust, seed, include_attributions)
+
+    def compress(self, quantize: str | None = None, prune: str | None = None, sparsity: float | None = None,
+                 iterative: int = 1, finetune_epochs: int = 0, calibration_batches: int = 8,
+                 runs_dir: str | Path | None = None):
+        """Quantize (dynamic, static, qat) or prune (magnitude, structured) into a new run beside this one;
+        returns a CompressResult with its path and the comparison table (size, latency, accuracy)."""
+        from .compress import compress_run
+
+        return compress_run(self, quantize=quantize, prune=prune, sparsity=sparsity, iterative=iterative,
+                            finetune_epochs=finetune_epochs, calibration_batches=calibration_batches,
+                            runs_dir=runs_dir)
+
+    def export(self, format: str = "onnx", out: str | Path | None = None, opset: int | None = None,
+               int8: str | None = None):
         """Export the model (``onnx``, ``torchscript`` or ``exported-program``) into ``RUN/export/``, verified
-        against PyTorch on a batch of the test split; returns an ExportResult with the max abs diff."""
+        against PyTorch on a batch of the test split; returns an ExportResult with the max abs diff.
+        ``int8="static"|"dynamic"`` (ONNX) quantizes the verified file with onnxruntime."""
         from .export import export_run
 
-        return export_run(self, format, out=out, opset=opset)
+        return export_run(self, format, out=out, opset=opset, int8=int8)
+
+    def serve(self, host: str = "127.0.0.1", port: int = 8000, backend: str = "torch", workers: int = 1,
+              max_batch: int = 64, max_wait_ms: float = 5.0, max_body_bytes: int = 8 * 1024 * 1024,
+              max_rows: int = 256) -> None:
+        """Serve the model over HTTP (FastAPI + uvicorn) until SIGTERM/SIGINT; see docs/serving.md."""
+        from .serve import serve
+
+        serve(self, host=host, port=port, backend=backend, workers=workers, max_batch=max_batch,
+              max_wait_ms=max_wait_ms, max_body_bytes=max_body_bytes, max_rows=max_rows)
 
     def report(self) -> Path:
         """(Re)write ``report.html`` and return its path."""

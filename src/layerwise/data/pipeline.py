@@ -11,7 +11,7 @@ from ..errors import DataError
 from .preprocess import ImagePreprocessor, TabularPreprocessor, TargetScaler, numeric_or_junk, preprocessor_from_dict
 from .spec import DataBundle, DataSpec, RawData, Split
 
-__all__ = ["Preprocessing", "build_bundle", "infer_target", "split_indices"]
+__all__ = ["Preprocessing", "build_bundle", "infer_target", "split_indices", "split_rows"]
 
 MAX_INTEGER_CLASSES = 20  # an integer target with more distinct values is read as numeric
 
@@ -95,6 +95,26 @@ def split_indices(n: int, labels: np.ndarray | None, fraction: float, seed: int)
     return np.sort(kept), np.sort(out)
 
 
+def split_rows(y: np.ndarray, target: str, cfg: Any, own_test: bool = False):
+    """Row indices (train, val, test) of a source's samples, as every run draws them.
+
+    The source's own test set when it has one (``own_test``: test is None, its rows are not these),
+    else a stratified share. One function, so that columns the model never saw (a sensitive
+    attribute for fairness) can be lined up with a run's splits exactly.
+    """
+    strat = y if target == "class" else None
+    if own_test:
+        rest_idx, test_idx = np.arange(len(y)), None
+    else:
+        rest_idx, test_idx = split_indices(len(y), strat, cfg.test_fraction, cfg.split_seed)
+    rest_strat = None if strat is None else strat[rest_idx]
+    keep, val = split_indices(len(rest_idx), rest_strat, cfg.val_fraction, cfg.split_seed + 1)
+    train_idx, val_idx = rest_idx[keep], rest_idx[val]
+    if cfg.limit:
+        train_idx = train_idx[: cfg.limit]
+    return train_idx, val_idx, test_idx
+
+
 def build_bundle(raw: RawData, cfg: Any, task: str | None) -> DataBundle:
     """Split the raw data, fit preprocessing on the training part, and describe it in a spec."""
     origin = raw.origin or cfg.source
@@ -113,17 +133,7 @@ def build_bundle(raw: RawData, cfg: Any, task: str | None) -> DataBundle:
     else:
         y = _numeric_target(y, origin)
 
-    # split: the source's own test set when it has one, else a stratified share
-    strat = y if target == "class" else None
-    if raw.x_test is not None:
-        rest_idx, test_idx = np.arange(len(y)), None
-    else:
-        rest_idx, test_idx = split_indices(len(y), strat, cfg.test_fraction, cfg.split_seed)
-    rest_strat = None if strat is None else strat[rest_idx]
-    keep, val = split_indices(len(rest_idx), rest_strat, cfg.val_fraction, cfg.split_seed + 1)
-    train_idx, val_idx = rest_idx[keep], rest_idx[val]
-    if cfg.limit:
-        train_idx = train_idx[: cfg.limit]
+    train_idx, val_idx, test_idx = split_rows(y, target, cfg, own_test=raw.x_test is not None)
 
     classes = None
     scaler = None

@@ -219,6 +219,12 @@ class ImagePreprocessor:
         mean, std = self._stats(x.device)
         return (x - mean[0]) / std[0]
 
+    def denormalize_pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """The inverse of :meth:`normalize_pixels`: model inputs back to pixels (adversarial training
+        perturbs the preprocessed training batches in pixel space)."""
+        mean, std = self._stats(x.device)
+        return x * std[0] + mean[0]
+
     def _stats(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and std as (1, C, 1, 1) tensors, made once per device rather than per batch."""
         if device not in self._stats_cache:
