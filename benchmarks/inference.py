@@ -40,7 +40,7 @@ def _yaml(name: str) -> dict:
 
 
 CONFIGS = {
-    "cnn": (str(ROOT / "examples" / "mnist.yaml"), ["train.epochs=3"]),
+    "cnn": (str(ROOT / "examples" / "mnist.yaml"), [f"data.path={MNIST}", "train.epochs=3"]),
     "mlp": ({"name": "mnist-mlp", "data": {"source": "idx", "path": str(MNIST), "val_fraction": 0.05},
              "model": {"family": "mlp", "hidden": [256, 128], "dropout": 0.1},
              "train": {"epochs": 5, "batch_size": 128, "optimizer": "adamw", "lr": 0.002, "scheduler": "onecycle"}}, []),

@@ -167,7 +167,7 @@ def load(run_path: Path, backend: str, args, rows: list, labels: list) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", help="an image run directory (default: train a digits CNN in a few seconds)")
-    parser.add_argument("--backend", nargs="+", default=["torch", "onnx"], choices=["torch", "onnx"])
+    parser.add_argument("--backend", nargs="+", default=["torch", "onnx", "onnx-int8"], choices=["torch", "onnx", "onnx-int8"])
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--invalid", type=float, default=0.1, help="share of invalid requests")

@@ -8,5 +8,5 @@ set -euo pipefail
 RUNS=${RUNS:-runs}
 
 layerwise train examples/digits.yaml --runs-dir "$RUNS" --quiet "$@"
-TEACHER=$(ls -d "$RUNS"/digits-cnn-* | tail -1)
+TEACHER=$(ls -d "$RUNS"/digits-cnn-2* | tail -1)
 layerwise distill "$TEACHER" examples/distill_digits.yaml --temperature 20 --alpha 0.9 --runs-dir "$RUNS" --quiet

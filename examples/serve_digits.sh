@@ -7,7 +7,7 @@ PORT=${PORT:-8000}
 URL="http://127.0.0.1:$PORT"
 
 layerwise train examples/digits.yaml --set train.epochs=5 --quiet
-RUN=$(ls -d runs/digits-cnn-* | tail -1)
+RUN=$(ls -d runs/digits-cnn-2* | tail -1)
 
 layerwise serve "$RUN" --port "$PORT" --log-level warning &   # add --backend onnx for ONNX Runtime
 SERVER=$!

@@ -156,3 +156,33 @@ def test_compressing_a_compressed_run_is_refused(mlp_run):
     result = mlp_run.compress(prune="magnitude", sparsity=0.5)
     with pytest.raises(layerwise.RunError, match="already compressed"):
         layerwise.load_run(result.path).compress(quantize="dynamic")
+
+
+@pytest.mark.parametrize("family", ["lstm", "gru"])
+def test_a_dynamic_int8_recurrent_model_still_steps_like_its_whole_sequence_form(family):
+    # generation runs init_state/step; a quantized LSTM is no nn.LSTM instance, yet needs its (h, c) state
+    from helpers import run_steps, sequence_inputs, sequence_spec
+
+    from layerwise import FAMILIES
+    from layerwise.compress.quantize import quantize_dynamic
+    from layerwise.models import build_model
+
+    spec = sequence_spec("tokens", 6)
+    model = build_model(FAMILIES.get(family).Config(hidden=8, layers=1, embedding=8), spec).eval()
+    quantized = quantize_dynamic(model, family)
+    x = sequence_inputs(spec, 2)
+    stepped, _ = run_steps(quantized, x)
+    with torch.no_grad():
+        whole = quantized.forward_sequence(x)
+    # dynamic int8 scales activations per call: one step vs the whole sequence differ by rounding only
+    assert (stepped - whole).abs().max() < 0.02
+
+
+def test_static_int8_of_a_cnn_that_flattens_into_its_head(runs):
+    # oneDNN's int8 convolutions may hand back channels-last tensors: a captured view before the head broke
+    cfg = {"name": "flat", "data": DIGITS, "train": quick_train(epochs=2),
+           "model": {"family": "cnn", "channels": [8, 16], "global_pool": "flatten", "head_hidden": 16, "dropout": 0.0}}
+    original = layerwise.train(cfg, runs_dir=runs, quiet=True)
+    result = original.compress(quantize="static", calibration_batches=2)
+    _, accuracy = _reloaded_matches(result)
+    assert abs(accuracy - _test_accuracy(original)) <= 0.05

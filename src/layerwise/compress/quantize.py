@@ -297,8 +297,12 @@ def _lower_x86(graph: nn.Module, example: torch.Tensor) -> nn.Module:
     exported = torch.export.export(graph, (example,), dynamic_shapes=({0: _batch_dim()},), strict=True)
     lowered = exported.run_decompositions(decompositions).module()
     g = lowered.graph
-    for node in list(g.nodes):  # the fusion patterns expect permute, not aten.t
-        if node.target == torch.ops.aten.t.default:
+    for node in list(g.nodes):
+        if node.target == torch.ops.aten.view.default:
+            # oneDNN's int8 convolutions may return channels-last tensors that a captured view
+            # (flatten before the head) cannot reinterpret; reshape copies only when it must
+            node.target = torch.ops.aten.reshape.default
+        if node.target == torch.ops.aten.t.default:  # the fusion patterns expect permute, not aten.t
             with g.inserting_before(node):
                 permute = g.call_function(torch.ops.aten.permute.default, args=(node.args[0], [1, 0]))
             node.replace_all_uses_with(permute)

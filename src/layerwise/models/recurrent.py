@@ -60,6 +60,8 @@ class RecurrentReader(LayerwiseModel):
 
     def _build_reader(self, cell: type[nn.RNNBase], input_width: int, config, **extra) -> None:
         # torch applies dropout between layers only, and warns when there is a single layer
+        # recorded, not read off self.rnn: a quantized LSTM (layerwise compress) is no nn.LSTM instance
+        self.carries_cell_state = cell is nn.LSTM
         self.rnn = cell(input_width, config.hidden, num_layers=config.layers, batch_first=True,
                         bidirectional=config.bidirectional, dropout=config.dropout if config.layers > 1 else 0.0,
                         **extra)
@@ -94,7 +96,7 @@ class RecurrentReader(LayerwiseModel):
         self._check_unidirectional()
         weight = self.head.weight
         h = torch.zeros(self.config.layers, batch_size, self.config.hidden, device=weight.device, dtype=weight.dtype)
-        return (h, torch.zeros_like(h)) if isinstance(self.rnn, nn.LSTM) else h
+        return (h, torch.zeros_like(h)) if self.carries_cell_state else h
 
     def step(self, x_t: torch.Tensor, state: RecurrentState) -> tuple[torch.Tensor, RecurrentState]:
         """One time step: ``x_t`` is one step's input (a token id, a feature vector or a frame per
