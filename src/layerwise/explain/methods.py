@@ -78,10 +78,16 @@ def check_methods(methods, allowed: tuple[str, ...] = METHODS) -> list[str]:
     return out
 
 
-def _as_baseline(baseline: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
+def as_baseline(baseline: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
     """The baseline as a tensor shaped like ``x`` (a scalar or one sample broadcasts)."""
     base = torch.as_tensor(baseline, dtype=x.dtype, device=x.device)
-    return base.expand_as(x).clone() if base.shape != x.shape else base
+    if base.shape == x.shape:
+        return base
+    try:
+        return base.expand_as(x).clone()
+    except RuntimeError:
+        raise ConfigError(f"explain: baseline shape {tuple(base.shape)} does not fit the input {tuple(x.shape)}; "
+                          f"give a float or a tensor shaped like the input") from None
 
 
 def attribute(method: str, forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
@@ -112,7 +118,7 @@ def attribute(method: str, forward: Callable[[torch.Tensor], torch.Tensor], x: t
     target = torch.as_tensor(target, dtype=torch.long, device=x.device).reshape(-1)
     if len(target) == 1 and len(x) > 1:
         target = target.expand(len(x))
-    base = _as_baseline(baseline, x)
+    base = as_baseline(baseline, x)
     # the sampling methods draw from torch's and NumPy's global generators (GradientSHAP's baseline
     # picks and path points): seed both, and leave the caller's states as they were
     numpy_state = np.random.get_state()

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError, require
+from .methods import as_baseline
 
 __all__ = ["NOISE", "PERTURB_SAMPLES", "RADIUS", "RANDOMISATION_PASS", "RANDOM_SEEDS", "assess", "deletion_insertion",
            "plot_curves", "random_curves", "randomise", "rank_correlation"]
@@ -127,15 +128,6 @@ def _curves(forward: Forward, x: torch.Tensor, element_rank: torch.Tensor, count
     return torch.cat(deletion).T.double(), torch.cat(insertion).T.double(), fractions
 
 
-def _as_baseline(baseline: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
-    base = torch.as_tensor(baseline, dtype=x.dtype, device=x.device)
-    try:
-        return base.expand_as(x)
-    except RuntimeError:
-        raise ConfigError(f"trust: baseline shape {tuple(base.shape)} does not fit the input {tuple(x.shape)}; "
-                          f"give a float or a tensor shaped like the input") from None
-
-
 def deletion_insertion(forward: Forward, x: torch.Tensor, scores: torch.Tensor | None, target: Any,
                        baseline: torch.Tensor | float = 0.0, steps: int = 20, groups: torch.Tensor | None = None,
                        seed: int = 0) -> dict[str, Any]:
@@ -158,7 +150,7 @@ def deletion_insertion(forward: Forward, x: torch.Tensor, scores: torch.Tensor |
     else:
         rank = _feature_ranks(torch.as_tensor(scores).detach().to(x.device), ids, count, generator)
     element_rank = rank.gather(1, ids)  # (B, n): when each element goes
-    deletion, insertion, fractions = _curves(forward, x, element_rank, count, target, _as_baseline(baseline, x), steps)
+    deletion, insertion, fractions = _curves(forward, x, element_rank, count, target, as_baseline(baseline, x), steps)
     return {"deletion_auc": float(torch.trapezoid(deletion, fractions).mean()),
             "insertion_auc": float(torch.trapezoid(insertion, fractions).mean()),
             "fractions": fractions.tolist(), "deletion": deletion.mean(0).tolist(),
@@ -279,7 +271,7 @@ def assess(forward: Forward, explain: Explain, x: torch.Tensor, target: Any, *, 
               "random_deletion_auc": chance["deletion_auc"], "random_insertion_auc": chance["insertion_auc"]}
     if x.is_floating_point():
         metrics = require("captum.metrics", "explain")
-        base = _as_baseline(baseline, x).clone()
+        base = as_baseline(baseline, x).clone()
         spread = float(x.std()) if x.numel() > 1 and float(x.std()) > 0 else 1.0
         generator = torch.Generator().manual_seed(seed)
 
@@ -309,7 +301,7 @@ def assess(forward: Forward, explain: Explain, x: torch.Tensor, target: Any, *, 
         # over the features present in the input: where x equals the baseline, every method that
         # multiplies by (x - baseline) gives 0 for any weights, and that shared tie alone would make
         # sparse inputs (MNIST's black background) look unchanged
-        present = x != _as_baseline(baseline, x)
+        present = x != as_baseline(baseline, x)
         trained, keep = _by_feature(attr, present, groups, x)
         randomised, _ = _by_feature(random_attr, present, groups, x)
         result["randomisation_spearman"] = float(rank_correlation(trained, randomised, keep).mean())
