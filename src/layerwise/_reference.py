@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 
 from pydantic import BaseModel
@@ -18,7 +20,7 @@ def _default(field) -> str:
 
 def _type(field) -> str:
     text = str(field.annotation).replace("typing.", "").replace("<class '", "").replace("'>", "")
-    text = text.replace("layerwise.config.", "")
+    text = re.sub(r"layerwise(\.\w+)*\.", "", text)  # schema classes by name, wherever they are defined
     return text.replace("|", "\\|")
 
 

@@ -67,8 +67,14 @@ def register_family(name: str):
     return add
 
 
-def families_accepting(kind: str) -> list[str]:
-    return [name for name, cls in FAMILIES.items() if kind in cls.accepts]
+def is_generative(cls) -> bool:
+    """Generative families (autoencoder, vae, gan, diffusion) imply their own task."""
+    return bool(getattr(cls, "implies_task", None))
+
+
+def families_accepting(kind: str, generative: bool = False) -> list[str]:
+    """Families that accept ``kind`` inputs: the predictive ones, or with ``generative`` the generative ones."""
+    return [name for name, cls in FAMILIES.items() if kind in cls.accepts and is_generative(cls) == generative]
 
 
 def build_model(config: ModelConfig, spec: DataSpec) -> LayerwiseModel:
@@ -77,7 +83,7 @@ def build_model(config: ModelConfig, spec: DataSpec) -> LayerwiseModel:
     if cls.accepts and spec.kind not in cls.accepts:
         raise ModelError(
             f"model.family: '{config.family}' does not accept {spec.kind} inputs; families that do: "
-            f"{', '.join(families_accepting(spec.kind))}"
+            f"{', '.join(families_accepting(spec.kind, is_generative(cls)))}"
         )
     model = cls(config, spec)
     check_output_shape(model, spec, f"model.family '{config.family}'")

@@ -1,0 +1,177 @@
+"""Variational autoencoder training: maximise the evidence lower bound (Kingma & Welling 2014,
+"Auto-Encoding Variational Bayes").
+
+Per sample, in nats: ``recon`` = -log p(x|z) for one reparameterised z ~ q(z|x), ``kl`` =
+KL(q(z|x) || N(0, I)) in closed form, ``elbo`` = -(recon + kl) <= log p(x). The loss is
+``recon + beta * kl`` (the negative ELBO when beta = 1). A Bernoulli likelihood scores pixels in
+[0, 1], recovered from the normalised batch with the run's ImagePreprocessor; a Gaussian one scores
+the standardised features themselves. The history has ``elbo``, ``recon`` and ``kl`` per epoch; the
+test evaluation adds ``nll_bound`` (= -elbo). :func:`importance_weighted_nll` gives the tighter
+K-sample bound of Burda et al. 2016. The report shows reconstructions and samples from the prior.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import torch
+
+from ..errors import ModelError, RunError
+from ..evaluate import EvalResult
+from ..report import register_section
+from . import StepOutput, Task, register_task
+from .reconstruction import _test_images, reconstruction_grid
+
+__all__ = ["EVAL_SEED", "VAEEvaluator", "VAETask", "importance_weighted_nll"]
+
+EVAL_SEED = 0  # evaluation draws its z with a fixed generator: the same run scores the same twice
+
+
+def likelihood_target(model, preprocessing, x: torch.Tensor) -> torch.Tensor:
+    """What p(x|z) scores: pixels in [0, 1] (bernoulli, from the normalised batch), else ``x``."""
+    if model.likelihood == "bernoulli":
+        return preprocessing.inputs.denormalize_pixels(x).clamp(0.0, 1.0)
+    return x
+
+
+class VAEEvaluator:
+    """Streams sums of the per-sample ELBO terms (nats) over batches of (B, 2) [recon, kl] outputs."""
+
+    def __init__(self):
+        self.recon = 0.0
+        self.kl = 0.0
+        self.count = 0
+
+    def update(self, outputs: torch.Tensor, y: torch.Tensor | None = None, x: torch.Tensor | None = None) -> None:
+        terms = outputs.detach().double()
+        self.recon += float(terms[:, 0].sum())
+        self.kl += float(terms[:, 1].sum())
+        self.count += terms.shape[0]
+
+    def compute(self, class_names=None) -> EvalResult:
+        n = max(self.count, 1)
+        recon, kl = self.recon / n, self.kl / n
+        return EvalResult({"elbo": -(recon + kl), "recon": recon, "kl": kl, "nll_bound": recon + kl},
+                          {"samples": self.count})
+
+
+@register_task("vae")
+class VAETask(Task):
+    """Maximise the ELBO; report it with its reconstruction and KL terms, in nats per sample."""
+
+    # the data check in runs.py compares this with the data's target; the labels are never used
+    target = "class"
+    main_metric = "elbo"
+    greater_is_better: ClassVar[dict[str, bool]] = {"elbo": True}
+
+    def __init__(self, spec, train_cfg, preprocessing, train_labels=None):
+        super().__init__(spec, train_cfg, preprocessing, train_labels)
+        self.target = "none"  # see Reconstruction.__init__: labels are not predicted
+
+    def check_model(self, model) -> None:
+        if not all(hasattr(model, attr) for attr in ("encode", "decode", "terms")):
+            family = getattr(getattr(model, "config", None), "family", type(model).__name__)
+            raise ModelError(f"model.family: task 'vae' needs a variational model (encode, decode, terms); "
+                             f"'{family}' is not one; use family: vae")
+
+    def configure_optimizers(self, model):
+        self.check_model(model)
+        return super().configure_optimizers(model)
+
+    def terms(self, model, x: torch.Tensor, generator: torch.Generator | None = None):
+        return model.terms(x, likelihood_target(model, self.preprocessing, x), generator)
+
+    def training_step(self, model, batch, ctx):
+        x, _ = batch
+        t = self.terms(model, x)
+        loss = (t.recon + model.config.beta * t.kl).mean()
+        sums = {"recon": t.recon.detach().sum(), "kl": t.kl.detach().sum()}
+        return StepOutput(loss, x.shape[0], None, sums)
+
+    def summarize(self, sums, count):
+        if "recon" not in sums:
+            return {}
+        recon, kl = sums["recon"] / max(count, 1e-12), sums["kl"] / max(count, 1e-12)
+        return {"elbo": -(recon + kl), "recon": recon, "kl": kl}
+
+    def evaluation_step(self, model, batch):
+        x, _ = batch
+        gen = torch.Generator(device=x.device).manual_seed(EVAL_SEED)
+        t = self.terms(model, x, gen)
+        loss = (t.recon + model.config.beta * t.kl).mean()
+        return StepOutput(loss, x.shape[0], torch.stack([t.recon, t.kl], 1))  # outputs: (B, 2)
+
+    def predict(self, outputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``outputs``: (B, 2) [recon, kl] from an evaluation step; ``score`` = -ELBO (an anomaly score)."""
+        if outputs.dim() != 2 or outputs.shape[1] != 2:  # the model's forward (the contract's read-out)
+            raise RunError("predict: a vae run predicts from inputs, not from model outputs; "
+                           "use run.task.predict_batch(run.model, x) with a normalised batch x")
+        recon, kl = outputs[:, 0].float(), outputs[:, 1].float()
+        return {"elbo": -(recon + kl), "recon": recon, "kl": kl, "score": recon + kl}
+
+    def predict_batch(self, model: torch.nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Predictions straight from normalised inputs (B, *input_shape)."""
+        with torch.no_grad():
+            return self.predict(self.evaluation_step(model, (x, None)).outputs)
+
+    def evaluator(self, eval_cfg) -> Any:
+        return VAEEvaluator()
+
+
+@torch.no_grad()
+def importance_weighted_nll(model, preprocessing, x: torch.Tensor, k: int = 100,
+                            generator: torch.Generator | None = None) -> torch.Tensor:
+    """Per-sample upper bound on -log p(x) from ``k`` importance samples (Burda et al. 2016), nats: (B,).
+
+    -log (1/k) sum_i p(x|z_i) p(z_i) / q(z_i|x), z_i ~ q(z|x); k = 1 gives -ELBO, larger k a tighter bound."""
+    target = likelihood_target(model, preprocessing, x)
+    mu, logvar = model.encode(x)
+    log_w = []
+    for _ in range(k):
+        z = model.reparameterize(mu, logvar, generator)
+        decoded = model.decode(z)
+        if model.likelihood == "bernoulli":
+            log_px = -torch.nn.functional.binary_cross_entropy_with_logits(decoded, target, reduction="none")
+        else:
+            s = model.log_scale
+            log_px = -(0.5 * math.log(2 * math.pi) + s + 0.5 * ((target - decoded) * torch.exp(-s)) ** 2)
+        log_pz = -0.5 * (z ** 2 + math.log(2 * math.pi)).sum(1)
+        log_qz = -0.5 * (((z - mu) ** 2) / logvar.exp() + logvar + math.log(2 * math.pi)).sum(1)
+        log_w.append(log_px.flatten(1).sum(1) + log_pz - log_qz)
+    return -(torch.logsumexp(torch.stack(log_w), 0) - math.log(k))
+
+
+def _samples_grid(images: torch.Tensor, cols: int = 10) -> str:
+    from ..report import _plt, figure_html
+
+    plt = _plt()
+    rows = -(-images.shape[0] // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(1.0 * cols, 1.0 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, img in zip(axes.flat, images.clamp(0, 1).cpu().numpy()):
+        ax.imshow(img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0), cmap="gray" if img.shape[0] == 1 else None,
+                  vmin=0, vmax=1)
+    return figure_html(fig, "samples from the prior")
+
+
+@register_section("vae_samples")
+def _vae_section(run):
+    if run.config.task != "vae":
+        return None
+    x = _test_images(run)
+    if x is None:
+        return None
+    model = run.model.cpu().eval()
+    pixels = run.preprocessing.inputs.denormalize_pixels
+    with torch.no_grad():
+        mu, _ = model.encode(x)
+        mean = model.mean(model.decode(mu))  # reconstruction from the posterior mean
+        rebuilt = mean if model.likelihood == "bernoulli" else pixels(mean)
+        samples = model.sample(40, torch.Generator().manual_seed(EVAL_SEED))
+        if model.likelihood != "bernoulli":
+            samples = pixels(samples)
+    parts = [reconstruction_grid(run, pixels(x), rebuilt, "test inputs and their reconstructions"),
+             "<p>Means of p(x|z) for z drawn from the prior N(0, I) (fixed seed).</p>", _samples_grid(samples)]
+    return "VAE reconstructions and samples", "\n".join(parts)
