@@ -138,6 +138,40 @@ def predict(run_dir, inputs, out) -> None:
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("run_dir", metavar="RUN", type=click.Path(path_type=Path))
+@click.argument("inputs", metavar="INPUT", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default="scores.csv", show_default=True)
+@click.option("--quantile", default=0.99, show_default=True, type=float,
+              help="threshold: this quantile of the validation split's scores")
+@click.option("--normal", multiple=True, metavar="CLASS", help="a normal class of the input's labels (repeatable; "
+              "default: the classes the run trained on)")
+@click.option("--labels-column", metavar="C", help="a table's boolean column marking anomalies (or its classes with --normal)")
+def anomaly(run_dir, inputs, out, quantile, normal, labels_column) -> None:
+    """Score INPUT for anomalies (autoencoder / vae runs) into a CSV: score, is_anomaly."""
+    from . import load_run
+
+    result = load_run(run_dir).anomaly(inputs, quantile=quantile, normal=list(normal) or None,
+                                       labels_column=labels_column, out=out)
+    click.echo(f"threshold: {result.threshold:.6g} (quantile {quantile} of validation scores); "
+               f"{int(result.is_anomaly.sum())} of {len(result.scores)} flagged")
+    if result.metrics:
+        _metrics_table("anomaly detection", result.metrics)
+    click.echo(f"scores: {result.path}")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("run_dir", metavar="RUN", type=click.Path(path_type=Path))
+@click.argument("inputs", metavar="INPUT", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default="codes.csv", show_default=True)
+def embed(run_dir, inputs, out) -> None:
+    """Latent codes of INPUT (autoencoder / vae runs) into a CSV: id, z0, z1, ..."""
+    from . import load_run
+
+    result = load_run(run_dir).embed(inputs, out=out)
+    click.echo(f"codes: {result.path} ({result.codes.shape[0]} x {result.codes.shape[1]})")
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("run_dir", metavar="RUN", type=click.Path(path_type=Path))
 @click.option("--format", "fmt", default="onnx", show_default=True, help="onnx, torchscript or exported-program")
 @click.option("--opset", type=click.IntRange(min=7), help="ONNX opset version (default: the exporter's)")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="file to write (default: RUN/export/)")
@@ -186,12 +220,34 @@ def serve(run_dir, host, port, backend, workers, max_batch, max_wait_ms, max_bod
 @click.option("--temperature", default=1.0, show_default=True, type=click.FloatRange(min=0.0),
               help="sampling temperature; 0 picks the most likely token every time")
 @click.option("--top-k", type=click.IntRange(min=1), help="sample among the K most likely tokens only")
-@click.option("--seed", default=0, show_default=True, type=int, help="random seed (same seed, same text)")
-def generate(run_dir, prompt, tokens, temperature, top_k, seed) -> None:
-    """Generate text from a trained language-model RUN."""
+@click.option("--seed", default=0, show_default=True, type=int, help="random seed (same seed, same output)")
+@click.option("--n", "n", default=64, show_default=True, type=click.IntRange(min=1),
+              help="vae / gan / diffusion runs: how many samples")
+@click.option("--class", "class_", help="conditional gan / diffusion runs: the class to generate (name or id)")
+@click.option("--steps", type=click.IntRange(min=1), help="diffusion runs: DDIM sampling steps")
+@click.option("--guidance", default=0.0, type=float, help="diffusion runs: classifier-free guidance weight")
+@click.option("--out", type=click.Path(path_type=Path),
+              help="vae / gan / diffusion runs: a .png grid, a folder (one PNG each) or a .csv (tabular runs); "
+                   "default RUN/samples.png or RUN/samples.csv")
+def generate(run_dir, prompt, tokens, temperature, top_k, seed, n, class_, steps, guidance, out) -> None:
+    """Generate text from a language-model RUN, or samples from a vae, gan or diffusion RUN."""
     from . import load_run
+    from .errors import ConfigError
+    from .sampling import GENERATIVE_TASKS
 
-    click.echo(load_run(run_dir).generate(prompt, tokens, temperature=temperature, top_k=top_k, seed=seed))
+    run = load_run(run_dir)
+    if run.config.task in GENERATIVE_TASKS or run.config.task == "reconstruction":
+        if prompt:
+            raise ConfigError("--prompt: only language-model runs continue a prompt; drop it for this run")
+        samples = run.generate(seed=seed, n=n, labels=class_, steps=steps, guidance=guidance,
+                               out=out or run.path / ("samples.png" if run.spec.kind == "image" else "samples.csv"))
+        where = samples.files[0] if len(samples.files) == 1 else samples.files[0].parent
+        click.echo(f"{len(samples)} samples -> {where}")
+        return
+    for flag, value in (("--class", class_), ("--steps", steps), ("--guidance", guidance or None), ("--out", out)):
+        if value is not None:
+            raise ConfigError(f"{flag}: only vae, gan and diffusion runs take it; this run generates text")
+    click.echo(run.generate(prompt, tokens, temperature=temperature, top_k=top_k, seed=seed))
 
 
 @cli.command(context_settings=CONTEXT)

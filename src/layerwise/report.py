@@ -129,6 +129,7 @@ def write_report(run) -> Path:
     from . import compress  # noqa: F401  (registers the Compression section; it shows only in compressed runs)
     from . import explain  # noqa: F401  (registers the Explanations section; it shows only after explain)
     from . import fairness  # noqa: F401  (registers the Fairness section; it shows only after evaluate --sensitive)
+    from . import latent  # noqa: F401  (registers the Latent space section of autoencoder / vae runs)
     from .train.checkpoint import atomic_write
 
     metrics = run.metrics

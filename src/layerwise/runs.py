@@ -359,11 +359,37 @@ class Run:
 
         return write_predictions(self, self.predict(x), Path(out))
 
+    def anomaly(self, x: Any, quantile: float = 0.99, normal: list[str] | None = None,
+                labels_column: str | None = None, out: str | Path | None = None):
+        """Anomaly scores of inputs (autoencoder: reconstruction error; vae: -ELBO) flagged above the
+        ``quantile`` of the validation scores; ROC-AUC / PR-AUC when the inputs have labels."""
+        from .anomaly import anomaly_scores
+
+        return anomaly_scores(self, x, quantile=quantile, normal=normal, labels_column=labels_column, out=out)
+
+    def embed(self, x: Any, out: str | Path | None = None):
+        """Latent codes (N, latent) of inputs: the autoencoder's bottleneck, the vae's posterior mean."""
+        from .latent import embed
+
+        return embed(self, x, out=out)
+
     def generate(self, prompt: str = "", tokens: int = 200, temperature: float = 1.0, top_k: int | None = None,
-                 seed: int = 0) -> str:
+                 seed: int = 0, *, n: int = 64, labels: Any = None, steps: int | None = None,
+                 guidance: float = 0.0, out: str | Path | None = None):
         """Continue ``prompt`` with ``tokens`` sampled tokens (language-model runs); returns the prompt
         and its continuation as text. Recurrent families carry their state and causal transformers a
-        KV cache, so each new token costs one step, not a pass over everything before it."""
+        KV cache, so each new token costs one step, not a pass over everything before it.
+
+        vae, gan and diffusion runs instead return ``n`` :class:`~layerwise.sampling.Samples`
+        (``labels``: a class for conditional runs; ``steps``, ``guidance``: diffusion only), written
+        to ``out`` when given (a .png grid, a folder of PNGs, or a .csv for tabular runs)."""
+        if self.config.task in ("vae", "adversarial", "diffusion", "reconstruction"):
+            from .sampling import sample_run, write_samples
+
+            samples = sample_run(self, n, labels=labels, steps=steps, guidance=guidance, seed=seed)
+            if out is not None:
+                write_samples(samples, out)
+            return samples
         from .generation import generate_text
 
         return generate_text(self, prompt, tokens, temperature=temperature, top_k=top_k, seed=seed)
