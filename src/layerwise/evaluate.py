@@ -127,7 +127,7 @@ def evaluate_model(model: torch.nn.Module, task, loader, eval_cfg, *, keep_miscl
             loss_sum += float(out.loss) * float(out.count)
             count += float(out.count)
             evaluator.update(out.outputs, y, x)  # x: for metrics against baselines made from the inputs
-            if keep_misclassified and len(wrong) < keep_misclassified and task.target == "class":
+            if keep_misclassified and len(wrong) < keep_misclassified and task.target == "class" and task.predicts_target:
                 pred = out.outputs.argmax(1)
                 for i in torch.nonzero(pred != y).flatten().tolist():
                     if len(wrong) >= keep_misclassified:

@@ -56,7 +56,7 @@ def prepare_bundle(config: ExperimentConfig, bundle: DataBundle, model: torch.nn
     family_cls = FAMILIES.get(config.model.family)
     task_name = config.task or infer_task(bundle.spec, family_cls, SOURCES.get(config.data.source))
     task_cls = TASKS.get(task_name)
-    if task_cls.target != bundle.spec.target:
+    if task_cls.target is not None and task_cls.target != bundle.spec.target:
         raise ConfigError(f"task: '{task_name}' needs a {task_cls.target} target, but {config.data.source} data "
                           f"gives a {bundle.spec.target} target; change task or the data")
     config = config.model_copy(update={"task": task_name})

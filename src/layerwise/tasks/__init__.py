@@ -45,7 +45,11 @@ class StepOutput:
 class Task:
     """Base class: a loss, a step, predictions and metrics for one kind of target."""
 
-    target: ClassVar[str] = "class"  # the data target it needs: "class", "numeric" or "token"
+    target: ClassVar[str | None] = "class"  # the data target it needs: "class", "numeric", "token"; None: any
+    # False for generative tasks: their outputs (reconstruction errors, noise estimates) are not
+    # predictions of the data's labels, so class-only machinery (the misclassified grid,
+    # adversarial training) leaves them alone
+    predicts_target: ClassVar[bool] = True
     manual_optimization: ClassVar[bool] = False
     main_metric: ClassVar[str] = "loss"  # shown beside the loss in progress and history
     greater_is_better: ClassVar[dict[str, bool]] = {}

@@ -55,16 +55,10 @@ class DiffusionEvaluator:
 class DiffusionTask(Task):
     """Noise prediction (DDPM's L_simple); lower is better."""
 
-    # labelled data is what the bundled sets give; labels are used only by conditional models
-    target = "class"
+    target = None  # any data; class labels are needed (and checked) only by conditional models
+    predicts_target = False  # the output is a noise-prediction error per sample
     main_metric = "loss"
     greater_is_better: ClassVar[dict[str, bool]] = {}
-
-    def __init__(self, spec, train_cfg, preprocessing, train_labels=None):
-        super().__init__(spec, train_cfg, preprocessing, train_labels)
-        # outputs are per-sample noise errors, not class scores: an instance target other than
-        # "class" keeps evaluate_model from listing "misclassified" inputs and refuses adversarial training
-        self.target = "noise"
 
     def check_model(self, model) -> None:
         _check_diffusion(model)

@@ -50,16 +50,10 @@ class ReconstructionEvaluator:
 class Reconstruction(Task):
     """Give back the (clean) input; the error per sample is the prediction."""
 
-    # the data check in runs.py compares this with the data's target; the labels are never used
-    target = "class"
+    target = None  # any data: the labels are never used
+    predicts_target = False  # the output is a reconstruction error per sample
     main_metric = "mse"
     greater_is_better: ClassVar[dict[str, bool]] = {}
-
-    def __init__(self, spec, train_cfg, preprocessing, train_labels=None):
-        super().__init__(spec, train_cfg, preprocessing, train_labels)
-        # labels are not predicted: per-instance "none" keeps class-only machinery (the report's
-        # misclassified grid, adversarial training) from treating per-sample errors as class scores
-        self.target = "none"
 
     def check_model(self, model) -> None:
         if not all(hasattr(model, attr) for attr in ("encode", "decode")):

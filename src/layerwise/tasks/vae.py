@@ -60,14 +60,10 @@ class VAEEvaluator:
 class VAETask(Task):
     """Maximise the ELBO; report it with its reconstruction and KL terms, in nats per sample."""
 
-    # the data check in runs.py compares this with the data's target; the labels are never used
-    target = "class"
+    target = None  # any data: the labels are never used
+    predicts_target = False  # the output is an ELBO per sample
     main_metric = "elbo"
     greater_is_better: ClassVar[dict[str, bool]] = {"elbo": True}
-
-    def __init__(self, spec, train_cfg, preprocessing, train_labels=None):
-        super().__init__(spec, train_cfg, preprocessing, train_labels)
-        self.target = "none"  # see Reconstruction.__init__: labels are not predicted
 
     def check_model(self, model) -> None:
         if not all(hasattr(model, attr) for attr in ("encode", "decode", "terms")):

@@ -36,7 +36,7 @@ def adversarial_task(task, cfg, bundle):
                           "cannot be perturbed by gradients); remove train.adversarial or use image, tabular or "
                           "sequence data")
     name = getattr(task, "name", type(task).__name__)
-    if task.target != "class" or task.manual_optimization:
+    if task.target != "class" or not task.predicts_target or task.manual_optimization:
         raise ConfigError(f"train.adversarial: adversarial training needs a classification task, but this run's "
                           f"task is '{name}'; remove train.adversarial")
     # the task becomes an instance of a subclass of its own class with the mixin in front: it keeps
