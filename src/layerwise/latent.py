@@ -107,16 +107,9 @@ def _scatter(codes: np.ndarray, labels: np.ndarray, class_names: list[str]) -> s
 
 
 def _strip(images: torch.Tensor) -> str:
-    from .report import _plt, figure_html
+    from .report import image_grid_html
 
-    plt = _plt()
-    n = images.shape[0]
-    fig, axes = plt.subplots(1, n, figsize=(1.0 * n, 1.2), squeeze=False)
-    for ax, img in zip(axes[0], images.clamp(0, 1).cpu().numpy()):
-        ax.imshow(img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0), cmap="gray" if img.shape[0] == 1 else None,
-                  vmin=0, vmax=1)
-        ax.axis("off")
-    return figure_html(fig, "latent interpolation between two test images")
+    return image_grid_html(images, len(images), "latent interpolation between two test images")
 
 
 @register_section("latent_space")

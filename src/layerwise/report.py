@@ -102,10 +102,32 @@ def _misclassified(run, wrong: list[dict[str, Any]]) -> str | None:
     for ax in axes.flat:
         ax.axis("off")
     for ax, item in zip(axes.flat, wrong):
-        img = split.x[item["index"]].numpy()
-        ax.imshow(img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0), cmap="gray" if img.shape[0] == 1 else None)
+        show_image(ax, split.x[item["index"]], pixels=False)
         ax.set_title(f"{classes[item['true']]}→{classes[item['pred']]}", fontsize=8, color="crimson")
     return figure_html(fig, "misclassified examples (true→predicted)")
+
+
+def show_image(ax, image, pixels: bool = True) -> None:
+    """Draw one (C, H, W) image, grey or RGB; ``pixels``: values in [0, 1] (else the stored scale)."""
+    img = image.detach().cpu().numpy() if hasattr(image, "detach") else image
+    if pixels:
+        img = img.clip(0, 1)
+    grey = img.shape[0] == 1
+    ax.imshow(img[0] if grey else img.transpose(1, 2, 0), cmap="gray" if grey else None,
+              **({"vmin": 0, "vmax": 1} if pixels else {}))
+    ax.axis("off")
+
+
+def image_grid_html(images, cols: int, alt: str, size: float = 1.0) -> str:
+    """``images`` (n, C, H, W) pixels in [0, 1], ``cols`` to a row, as an embedded figure."""
+    plt = _plt()
+    rows = -(-len(images) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(size * cols, size * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, img in zip(axes.flat, images):
+        show_image(ax, img)
+    return figure_html(fig, alt)
 
 
 def _table(rows: list[dict[str, Any]]) -> str:

@@ -162,7 +162,7 @@ def gan_section(run) -> tuple[str, str] | None:
     """A grid of generated samples (one row per class for conditional models) and D's metrics."""
     if run.config.task != "adversarial" or run.spec.kind != "image":
         return None
-    from ..report import _plt, figure_html
+    from ..report import image_grid_html
 
     model = run.model
     classes = run.spec.num_classes if model.config.conditional else 0
@@ -170,13 +170,7 @@ def gan_section(run) -> tuple[str, str] | None:
     n = (classes or 4) * per_row
     labels = torch.arange(classes).repeat_interleave(per_row) if classes else None
     images = run.preprocessing.inputs.denormalize_pixels(model.generate(n, labels, seed=0).cpu()).clamp(0, 1)
-    plt = _plt()
-    rows = n // per_row
-    fig, axes = plt.subplots(rows, per_row, figsize=(per_row * 0.8, rows * 0.8))
-    for ax, img in zip(axes.flat, images):
-        ax.imshow(img.permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray" if img.shape[0] == 1 else None)
-        ax.axis("off")
     metrics = run.metrics.get("metrics", {})
     shown = ", ".join(f"{k} {metrics[k]:.3f}" for k in ("d_accuracy", "d_x", "d_g_z", "g_loss") if k in metrics)
     note = "One row per class. " if classes else ""
-    return ("GAN samples", f"<p>{note}Seed 0. {html.escape(shown)}</p>" + figure_html(fig, "generated samples"))
+    return ("GAN samples", f"<p>{note}Seed 0. {html.escape(shown)}</p>" + image_grid_html(images, per_row, "generated samples", size=0.8))

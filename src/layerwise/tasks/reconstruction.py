@@ -103,16 +103,14 @@ class Reconstruction(Task):
 
 def reconstruction_grid(run, originals: torch.Tensor, rebuilt: torch.Tensor, title: str) -> str:
     """Two rows of images, (n, C, H, W) pixels in [0, 1]: inputs above, reconstructions below."""
-    from ..report import _plt, figure_html
+    from ..report import _plt, figure_html, show_image
 
     plt = _plt()
     n = originals.shape[0]
     fig, axes = plt.subplots(2, n, figsize=(1.0 * n, 2.2), squeeze=False)
     for row, images in enumerate((originals, rebuilt)):
-        for ax, img in zip(axes[row], images.clamp(0, 1).cpu().numpy()):
-            ax.imshow(img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0), cmap="gray" if img.shape[0] == 1 else None,
-                      vmin=0, vmax=1)
-            ax.axis("off")
+        for ax, img in zip(axes[row], images):
+            show_image(ax, img)
     axes[0][0].set_title("input", fontsize=8, loc="left")
     axes[1][0].set_title("reconstruction", fontsize=8, loc="left")
     return figure_html(fig, title)

@@ -139,17 +139,9 @@ def importance_weighted_nll(model, preprocessing, x: torch.Tensor, k: int = 100,
 
 
 def _samples_grid(images: torch.Tensor, cols: int = 10) -> str:
-    from ..report import _plt, figure_html
+    from ..report import image_grid_html
 
-    plt = _plt()
-    rows = -(-images.shape[0] // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.0 * cols, 1.0 * rows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, img in zip(axes.flat, images.clamp(0, 1).cpu().numpy()):
-        ax.imshow(img[0] if img.shape[0] == 1 else img.transpose(1, 2, 0), cmap="gray" if img.shape[0] == 1 else None,
-                  vmin=0, vmax=1)
-    return figure_html(fig, "samples from the prior")
+    return image_grid_html(images, cols, "samples from the prior")
 
 
 @register_section("vae_samples")
