@@ -23,21 +23,22 @@ __all__ = ["BASELINE", "explain_images", "patch_mask", "patch_size", "pixel_forw
 BASELINE = 0.0  # a black pixel: the "absent" value of the perturbation methods and integrated gradients
 
 
+def _pixel_space(run):
+    # the space attacks perturb images in: one mapping for attacks, adversarial training and explanations
+    from ..attacks import AttackSpace
+
+    return AttackSpace(run.spec, run.preprocessing.inputs, None)  # images need no training bounds
+
+
 def pixels(run, stored: torch.Tensor) -> torch.Tensor:
     """Stored uint8 images (B, C, H, W) as float pixels in [0, 1], the space explanations live in."""
-    return stored.float() / 255
+    return _pixel_space(run).from_stored(stored)
 
 
 def pixel_forward(run, model: torch.nn.Module | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
     """The model as a function of pixels in [0, 1]: the run's normalisation happens inside, so
     gradients reach the pixels (``model``: another network with the same input, e.g. a randomised copy)."""
-    net = (run.model if model is None else model).cpu().eval()
-    normalize = run.preprocessing.inputs.normalize_pixels
-
-    def forward(z: torch.Tensor) -> torch.Tensor:
-        return net(normalize(z))
-
-    return forward
+    return _pixel_space(run).model_fn((run.model if model is None else model).cpu().eval())
 
 
 def patch_size(shape: tuple[int, ...]) -> int:
