@@ -138,40 +138,6 @@ def predict(run_dir, inputs, out) -> None:
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("run_dir", metavar="RUN", type=click.Path(path_type=Path))
-@click.argument("inputs", metavar="INPUT", type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default="scores.csv", show_default=True)
-@click.option("--quantile", default=0.99, show_default=True, type=float,
-              help="threshold: this quantile of the validation split's scores")
-@click.option("--normal", multiple=True, metavar="CLASS", help="a normal class of the input's labels (repeatable; "
-              "default: the classes the run trained on)")
-@click.option("--labels-column", metavar="C", help="a table's boolean column marking anomalies (or its classes with --normal)")
-def anomaly(run_dir, inputs, out, quantile, normal, labels_column) -> None:
-    """Score INPUT for anomalies (autoencoder / vae runs) into a CSV: score, is_anomaly."""
-    from . import load_run
-
-    result = load_run(run_dir).anomaly(inputs, quantile=quantile, normal=list(normal) or None,
-                                       labels_column=labels_column, out=out)
-    click.echo(f"threshold: {result.threshold:.6g} (quantile {quantile} of validation scores); "
-               f"{int(result.is_anomaly.sum())} of {len(result.scores)} flagged")
-    if result.metrics:
-        _metrics_table("anomaly detection", result.metrics)
-    click.echo(f"scores: {result.path}")
-
-
-@cli.command(context_settings=CONTEXT)
-@click.argument("run_dir", metavar="RUN", type=click.Path(path_type=Path))
-@click.argument("inputs", metavar="INPUT", type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default="codes.csv", show_default=True)
-def embed(run_dir, inputs, out) -> None:
-    """Latent codes of INPUT (autoencoder / vae runs) into a CSV: id, z0, z1, ..."""
-    from . import load_run
-
-    result = load_run(run_dir).embed(inputs, out=out)
-    click.echo(f"codes: {result.path} ({result.codes.shape[0]} x {result.codes.shape[1]})")
-
-
-@cli.command(context_settings=CONTEXT)
-@click.argument("run_dir", metavar="RUN", type=click.Path(path_type=Path))
 @click.option("--format", "fmt", default="onnx", show_default=True, help="onnx, torchscript or exported-program")
 @click.option("--opset", type=click.IntRange(min=7), help="ONNX opset version (default: the exporter's)")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="file to write (default: RUN/export/)")
@@ -465,6 +431,12 @@ def config(config, overrides, reference) -> None:
         click.echo(config_reference(), nl=False)
         return
     click.echo(load_config(config, list(overrides)).to_yaml(), nl=False)
+
+
+from .cli_generative import anomaly, embed, quality  # noqa: E402  (the generative runs' verbs)
+
+for _command in (anomaly, embed, quality):
+    cli.add_command(_command)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -176,6 +176,9 @@ class EvaluateConfig(Section):
         200, ge=10, description="score bins for streaming ROC-AUC (constant memory; exact as bins grow)"
     )
     misclassified: int = Field(32, ge=0, description="misclassified examples shown in the report")
+    importance_samples: int = Field(
+        100, ge=0, description="vae runs: importance samples K of the NLL bound (Burda et al. 2016) in the "
+                               "final evaluation (0: off)")
 
 
 class ExperimentConfig(Section):

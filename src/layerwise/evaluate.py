@@ -106,8 +106,11 @@ class RegressionEvaluator:
 
 @torch.no_grad()
 def evaluate_model(model: torch.nn.Module, task, loader, eval_cfg, *, keep_misclassified: int = 0,
-                   precision: str = "fp32") -> EvalResult:
+                   precision: str = "fp32", final: bool = False) -> EvalResult:
     """Score ``model`` on every batch of ``loader``; returns the metrics and the mean loss.
+
+    ``final``: the evaluation of a finished model (not a validation pass during training), which
+    adds the task's costlier metrics (:meth:`Task.final_metrics`, e.g. a VAE's importance-weighted bound).
 
     With ``keep_misclassified`` > 0 (classification), the first few misclassified inputs are kept
     for the report: a fixed-size buffer, not the whole data set.
@@ -134,8 +137,10 @@ def evaluate_model(model: torch.nn.Module, task, loader, eval_cfg, *, keep_miscl
                         break
                     wrong.append({"index": seen + i, "true": int(y[i]), "pred": int(pred[i])})
             seen += len(y)
-    model.train(was_training)
     result = evaluator.compute(task.spec.class_names)
+    if final:
+        result.update(task.final_metrics(model, loader, eval_cfg))
+    model.train(was_training)
     result["loss"] = loss_sum / max(count, 1e-12)
     if wrong:
         result.details["misclassified"] = wrong

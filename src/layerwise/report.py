@@ -152,6 +152,7 @@ def write_report(run) -> Path:
     from . import explain  # noqa: F401  (registers the Explanations section; it shows only after explain)
     from . import fairness  # noqa: F401  (registers the Fairness section; it shows only after evaluate --sensitive)
     from . import latent  # noqa: F401  (registers the Latent space section of autoencoder / vae runs)
+    from . import quality  # noqa: F401  (registers the Sample quality section; it shows only after quality)
     from .train.checkpoint import atomic_write
 
     metrics = run.metrics

@@ -334,7 +334,7 @@ class Run:
         loader = BatchLoader(split, self.config.evaluate.batch_size, transform=self.preprocessing.inputs.batch,
                              device=device)
         return evaluate_model(self.model.to(device), self.task, loader, self.config.evaluate,
-                              keep_misclassified=keep_misclassified, precision=self.config.train.precision)
+                              keep_misclassified=keep_misclassified, precision=self.config.train.precision, final=True)
 
     def evaluate(self, data: str | Path | None = None, split: str = "test") -> EvalResult:
         """Score the model on one of its splits, or on another labelled file or folder (``data``)."""
@@ -393,6 +393,16 @@ class Run:
         from .generation import generate_text
 
         return generate_text(self, prompt, tokens, temperature=temperature, top_k=top_k, seed=seed)
+
+    def quality(self, classifier: Any = None, n: int = 2000, tstr: bool = True, tstr_n: int | None = None,
+                steps: int | None = None, guidance: float = 0.0, seed: int = 0):
+        """Score ``n`` samples of a vae, gan or diffusion run with a classifier run of the same data (one is
+        trained when ``classifier`` is None): Fréchet distance in its features, per-class accuracy, and
+        train-on-synthetic / test-on-real. Writes ``RUN/quality/`` and the report's Sample quality section."""
+        from .quality import quality_report
+
+        return quality_report(self, classifier, n=n, tstr=tstr, tstr_n=tstr_n, steps=steps, guidance=guidance,
+                              seed=seed)
 
     def forecast(self, inputs: Any, horizon: int | None = None):
         """Forecast the steps after the recent history in ``inputs`` (a CSV path or DataFrame with the

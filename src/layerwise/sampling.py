@@ -26,7 +26,7 @@ import torch
 
 from .errors import ConfigError, RunError
 
-__all__ = ["GENERATIVE_TASKS", "Samples", "resolve_labels", "sample_run", "write_samples"]
+__all__ = ["GENERATIVE_TASKS", "Samples", "resolve_labels", "sample_many", "sample_run", "write_samples"]
 
 GENERATIVE_TASKS = ("vae", "adversarial", "diffusion")
 CELL = 32  # an image grid draws each sample at least this many pixels tall (8x8 digits: 4x, nearest)
@@ -130,12 +130,14 @@ def resolve_labels(run, labels: Any, n: int) -> np.ndarray | None:
 
 @torch.no_grad()
 def sample_run(run, n: int, labels: Any = None, steps: int | None = None, guidance: float = 0.0,
-               seed: int = 0) -> Samples:
+               seed: int = 0, *, label_ids: np.ndarray | None = None) -> Samples:
     """Draw ``n`` samples from a vae, gan or diffusion run; same ``seed``, same samples.
 
     ``labels``: a class name or id, or one per sample (conditional gan / diffusion runs; default:
     every class in turn). ``steps`` and ``guidance``: DDIM steps and the classifier-free guidance
     weight (diffusion runs only).
+
+    ``label_ids``: class ids (indices into the run's classes) one per sample, instead of ``labels``.
 
     >>> samples = sample_run(load_run("runs/gan-digits"), 16, labels=3)   # doctest: +SKIP
     """
@@ -152,7 +154,7 @@ def sample_run(run, n: int, labels: Any = None, steps: int | None = None, guidan
         flag = "--steps" if steps is not None else "--guidance"
         raise ConfigError(f"{flag}: only diffusion runs take sampling steps and guidance; drop it for this "
                           f"{_family(run)} run")
-    ids = resolve_labels(run, labels, n)
+    ids = resolve_labels(run, labels, n) if label_ids is None else np.asarray(label_ids, dtype=np.int64)
     if guidance and ids is None:
         raise ConfigError("--guidance: classifier-free guidance needs a conditional diffusion run "
                           "(model.conditional: true); use --guidance 0")
@@ -180,6 +182,23 @@ def sample_run(run, n: int, labels: Any = None, steps: int | None = None, guidan
                    class_names=[str(c) for c in run.preprocessing.classes] if run.preprocessing.classes else None,
                    preprocessor=None if image else pre, target=target if isinstance(target, str) else None,
                    feature_order=list(features) if features else None)
+
+
+def sample_many(run, n: int, labels: Any = None, steps: int | None = None, guidance: float = 0.0,
+                seed: int = 0, chunk: int = 500) -> Samples:
+    """:func:`sample_run` for many samples, ``chunk`` at a time, so memory stays bounded (a diffusion
+    U-Net holds every sample's activations at each step). Conditional runs without ``labels`` get
+    every class equally often. Chunk ``i`` uses seed ``seed + i``: same arguments, same samples."""
+    ids = resolve_labels(run, labels, n)
+    parts = []
+    for i, start in enumerate(range(0, n, chunk)):
+        size = min(chunk, n - start)
+        part_ids = None if ids is None else ids[start:start + size]
+        parts.append(sample_run(run, size, steps=steps, guidance=guidance, seed=seed + i, label_ids=part_ids))
+    first = parts[0]
+    return Samples(x=torch.cat([p.x for p in parts]), stored=np.concatenate([p.stored for p in parts]),
+                   labels=ids, kind=first.kind, class_names=first.class_names, preprocessor=first.preprocessor,
+                   target=first.target, feature_order=first.feature_order)
 
 
 def _to_pil(img: np.ndarray, scale: int = 1):

@@ -45,6 +45,9 @@ class VAEConfig(ModelConfig):
     likelihood: Literal["auto", "bernoulli", "gaussian"] = Field(
         "auto", description="p(x|z): bernoulli on pixels in [0, 1], gaussian on standardised features; "
                             "auto: bernoulli for images, gaussian otherwise")
+    binarize: bool = Field(
+        False, description="bernoulli: score stochastically binarised pixels (a fresh draw per training batch, "
+                           "a fixed draw for evaluation), as in the binarised-MNIST literature")
 
 
 class ELBOTerms(NamedTuple):
@@ -77,6 +80,9 @@ class VAE(LayerwiseModel):
         self.encoder = Encoder(spec, config.architecture, config.hidden, config.channels, 2 * config.latent,
                                config.activation)  # (mu, logvar) side by side
         self.decoder = Decoder(spec, self.encoder, config.hidden, config.channels, config.latent, config.activation)
+        if config.binarize and self.likelihood != "bernoulli":
+            raise ModelError("model.binarize: binarised pixels need likelihood: bernoulli; drop binarize or "
+                             "set likelihood: bernoulli")
         if self.likelihood == "gaussian":
             self.log_scale = nn.Parameter(torch.zeros(*spec.input_shape))  # log sigma of p(x|z), per input value
         self.head = nn.Linear(config.latent, spec.num_outputs)  # contract read-out, see the module docstring

@@ -104,6 +104,10 @@ class Task:
         """A streaming metric accumulator: ``update(outputs, y, x)``, ``compute(class_names) -> EvalResult``."""
         raise NotImplementedError
 
+    def final_metrics(self, model: torch.nn.Module, loader, eval_cfg) -> dict[str, float]:
+        """Metrics too costly for every validation pass, added to a finished model's evaluation."""
+        return {}
+
 
 
 def metric_mode(name: str) -> str:

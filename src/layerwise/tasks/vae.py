@@ -23,8 +23,9 @@ from ..report import register_section
 from . import StepOutput, Task, register_task
 from .reconstruction import _test_images, reconstruction_grid
 
-__all__ = ["EVAL_SEED", "VAEEvaluator", "VAETask", "importance_weighted_nll"]
+__all__ = ["EVAL_SEED", "VAEEvaluator", "VAETask", "importance_weighted_nll", "model_view"]
 
+CHUNK = 8192  # decoder rows per call in importance_weighted_nll
 EVAL_SEED = 0  # evaluation draws its z with a fixed generator: the same run scores the same twice
 
 
@@ -33,6 +34,18 @@ def likelihood_target(model, preprocessing, x: torch.Tensor) -> torch.Tensor:
     if model.likelihood == "bernoulli":
         return preprocessing.inputs.denormalize_pixels(x).clamp(0.0, 1.0)
     return x
+
+
+def model_view(model, preprocessing, x: torch.Tensor, generator: torch.Generator | None = None):
+    """(encoder input, likelihood target) of a normalised batch. ``model.binarize``: both become one
+    stochastic binarisation of the pixels (each pixel 1 with probability its intensity), so the
+    encoder reads the very image the likelihood scores; otherwise (``x``, :func:`likelihood_target`)."""
+    target = likelihood_target(model, preprocessing, x)
+    if not getattr(model.config, "binarize", False):
+        return x, target
+    draw = torch.rand(target.shape, generator=generator, device=generator.device if generator else target.device)
+    binary = (draw.to(target.device) < target).to(target.dtype)
+    return preprocessing.inputs.normalize_pixels(binary), binary
 
 
 class VAEEvaluator:
@@ -76,7 +89,8 @@ class VAETask(Task):
         return super().configure_optimizers(model)
 
     def terms(self, model, x: torch.Tensor, generator: torch.Generator | None = None):
-        return model.terms(x, likelihood_target(model, self.preprocessing, x), generator)
+        x, target = model_view(model, self.preprocessing, x, generator)
+        return model.terms(x, target, generator)
 
     def training_step(self, model, batch, ctx):
         x, _ = batch
@@ -114,28 +128,48 @@ class VAETask(Task):
     def evaluator(self, eval_cfg) -> Any:
         return VAEEvaluator()
 
+    def final_metrics(self, model, loader, eval_cfg) -> dict[str, float]:
+        """``iw_nll``: the importance-weighted bound with ``evaluate.importance_samples`` samples."""
+        k = eval_cfg.importance_samples
+        if not k:
+            return {}
+        total, count = 0.0, 0
+        for x, _ in loader:
+            gen = torch.Generator(device=x.device).manual_seed(EVAL_SEED)
+            total += float(importance_weighted_nll(model, self.preprocessing, x, k, gen).double().sum())
+            count += x.shape[0]
+        return {"iw_nll": total / max(count, 1), "iw_samples": k}
+
 
 @torch.no_grad()
 def importance_weighted_nll(model, preprocessing, x: torch.Tensor, k: int = 100,
                             generator: torch.Generator | None = None) -> torch.Tensor:
     """Per-sample upper bound on -log p(x) from ``k`` importance samples (Burda et al. 2016), nats: (B,).
 
-    -log (1/k) sum_i p(x|z_i) p(z_i) / q(z_i|x), z_i ~ q(z|x); k = 1 gives -ELBO, larger k a tighter bound."""
-    target = likelihood_target(model, preprocessing, x)
+    -log (1/k) sum_i p(x|z_i) p(z_i) / q(z_i|x), z_i ~ q(z|x); k = 1 gives -ELBO, larger k a tighter bound.
+    With ``model.binarize`` the batch is binarised first (with ``generator``: the evaluation's fixed draw).
+    The k draws go through the decoder in chunks of ``CHUNK`` rows: memory stays bounded for k in the
+    thousands."""
+    x, target = model_view(model, preprocessing, x, generator)
     mu, logvar = model.encode(x)
+    batch = x.shape[0]
+    per_chunk = max(1, CHUNK // batch)  # draws per decoder call
     log_w = []
-    for _ in range(k):
-        z = model.reparameterize(mu, logvar, generator)
-        decoded = model.decode(z)
+    for start in range(0, k, per_chunk):
+        m = min(per_chunk, k - start)
+        mu_m, logvar_m = mu.repeat(m, 1), logvar.repeat(m, 1)  # (m * B, latent), draw-major
+        z = model.reparameterize(mu_m, logvar_m, generator)
+        decoded = model.decode(z).float()
+        tgt = target.repeat(m, *([1] * (target.dim() - 1)))
         if model.likelihood == "bernoulli":
-            log_px = -torch.nn.functional.binary_cross_entropy_with_logits(decoded, target, reduction="none")
+            log_px = -torch.nn.functional.binary_cross_entropy_with_logits(decoded, tgt, reduction="none")
         else:
             s = model.log_scale
-            log_px = -(0.5 * math.log(2 * math.pi) + s + 0.5 * ((target - decoded) * torch.exp(-s)) ** 2)
+            log_px = -(0.5 * math.log(2 * math.pi) + s + 0.5 * ((tgt - decoded) * torch.exp(-s)) ** 2)
         log_pz = -0.5 * (z ** 2 + math.log(2 * math.pi)).sum(1)
-        log_qz = -0.5 * (((z - mu) ** 2) / logvar.exp() + logvar + math.log(2 * math.pi)).sum(1)
-        log_w.append(log_px.flatten(1).sum(1) + log_pz - log_qz)
-    return -(torch.logsumexp(torch.stack(log_w), 0) - math.log(k))
+        log_qz = -0.5 * (((z - mu_m) ** 2) / logvar_m.exp() + logvar_m + math.log(2 * math.pi)).sum(1)
+        log_w.append((log_px.flatten(1).sum(1) + log_pz - log_qz).view(m, batch))
+    return -(torch.logsumexp(torch.cat(log_w), 0) - math.log(k))
 
 
 def _samples_grid(images: torch.Tensor, cols: int = 10) -> str:
