@@ -78,12 +78,15 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--steps", type=int, default=25, help="diffusion: DDIM steps")
     parser.add_argument("--iw-k", type=int, default=5000, help="VAE: importance samples of the anchor's bound")
     parser.add_argument("--iw-images", type=int, default=1000, help="VAE: test images scored with --iw-k")
+    parser.add_argument("--reuse", nargs="+", default=[], metavar="FAMILY=RUN",
+                        help="score an already trained run instead of training one, e.g. diffusion=runs/mnist-diffusion-...")
     parser.add_argument("--runs-dir", help="where the runs go (default: a temporary folder)")
     parser.add_argument("--grids", default=str(ROOT / "docs" / "images"), help="folder for the sample grids")
     args = parser.parse_args(argv)
     budget = args.budget or (20.0 if args.quick else 540.0)
     n = args.n or (500 if args.quick else 5000)
     tstr_n = args.tstr_n or (1000 if args.quick else 10000)
+    reuse = dict(item.split("=", 1) for item in args.reuse)
     if args.quick:
         args.iw_k, args.iw_images = min(args.iw_k, 100), min(args.iw_images, 200)
 
@@ -100,7 +103,11 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
               f"({time.perf_counter() - started:.0f} s)", flush=True)
         for family in args.only:
             t0 = time.perf_counter()
-            run = layerwise.train(_config(f"{family}_mnist.yaml", args, max_time=budget), runs_dir=runs_dir, quiet=True)
+            if family in reuse:
+                run = layerwise.load_run(reuse[family])
+            else:
+                run = layerwise.train(_config(f"{family}_mnist.yaml", args, max_time=budget), runs_dir=runs_dir,
+                                      quiet=True)
             training = run.metrics["training"]
             row: dict[str, Any] = {"family": family, "run": str(run.path), "train_s": training["duration_s"],
                                    "epochs": training["epochs_run"], "parameters": training["parameters"]}

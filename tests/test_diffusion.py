@@ -89,6 +89,31 @@ def test_ddim_full_steps_eta1_matches_ddpm_and_the_data():
     assert torch.allclose(again, ddpm, atol=1e-4)
 
 
+def test_clipping_x0_keeps_samples_in_the_data_range_and_is_exact_when_it_does_not_bind():
+    model = _model(POINTS, timesteps=200, schedule="cosine")
+    model.ema = GaussianOptimalDenoiser(model.alphas_cumprod, torch.tensor([2.0, -1.0]), torch.eye(2) * 0.3)
+    for method in ("ddim", "ddpm"):
+        free = model.sample(500, steps=50, method=method, generator=torch.Generator().manual_seed(4))
+        wide = model.sample(500, steps=50, method=method, generator=torch.Generator().manual_seed(4), clip=(-1e6, 1e6))
+        assert torch.allclose(free, wide, atol=1e-5)  # the recomputed noise estimate is the same one
+        low, high = torch.tensor([1.5, -1.2]), torch.tensor([2.5, -0.8])
+        tight = model.sample(500, steps=50, method=method, generator=torch.Generator().manual_seed(4),
+                             clip=(low, high))
+        # the last step (abar_prev = 1) returns the clipped x0 itself, with either sampler
+        assert (tight >= low - 1e-6).all() and (tight <= high + 1e-6).all()
+
+
+def test_image_samples_from_sample_run_stay_in_the_pixel_range(tmp_path):
+    run = layerwise.train({"data": {"source": "builtin", "name": "digits", "limit": 100},
+                           "model": {"family": "diffusion", **TINY, "timesteps": 20, "attention": False},
+                           "train": {"epochs": 1, "progress": False}}, quiet=True, runs_dir=tmp_path)
+    from layerwise.sampling import sample_run
+
+    x = sample_run(run, 16, steps=5).x
+    pixels = run.preprocessing.inputs.denormalize_pixels(x)
+    assert pixels.min() >= -1e-4 and pixels.max() <= 1 + 1e-4  # one epoch, yet no blow-up: x0 is clipped
+
+
 def test_guidance_zero_is_the_conditional_prediction():
     model = _model(DIGITS, conditional=True)
     x, t, labels = torch.randn(4, 1, 8, 8), torch.tensor([1, 5, 20, 40]), torch.tensor([0, 3, 3, 9])

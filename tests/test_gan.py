@@ -99,6 +99,8 @@ def test_conditional_generator_follows_the_label():
         b = model.generate_from(z, torch.full((4,), 2))
         assert not torch.allclose(a, b)  # same noise, another class: another sample
         assert torch.equal(model.generate(4, labels=1, seed=3), model.generate(4, labels=1, seed=3))
+    # G's class code is one number per class, not as wide as z (a wide code let G ignore z on MNIST)
+    assert model.class_embed.embedding_dim == model.num_classes
     # gradients reach the class embedding through G
     model.train()
     model.generate_from(z, torch.arange(4) % 3).square().mean().backward()

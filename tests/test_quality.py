@@ -90,3 +90,24 @@ def test_refusals_and_cli(runs, run_cli, tmp_path):
     assert payload["samples"] == 30 and payload["tstr"] is None and payload["frechet_distance"] > 0
     code, out, err = run_cli("quality", runs["gan"].path, "--classifier", runs["vae"].path, "--no-tstr")
     assert code == 2 and err.count("\n") == 1 and "is a vae run" in err
+
+
+def test_tabular_gan_quality_trains_its_own_classifier(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 300
+    label = rng.integers(0, 2, n)
+    import pandas as pd
+
+    frame = pd.DataFrame({"a": rng.normal(0, 1, n) + 3 * label, "b": rng.normal(0, 1, n),
+                          "kind": np.where(label == 1, "x", "y"), "label": label})
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    gan = layerwise.train({"name": "tgan", "data": {"source": "csv", "path": str(tmp_path / "t.csv"), "target": "label"},
+                           "model": {"family": "gan", "hidden": [16], "latent": 4, "conditional": True},
+                           "train": {**TRAIN, "epochs": 3}}, quiet=True, runs_dir=tmp_path / "runs")
+    result = gan.quality(n=50, tstr_n=80)
+    clf = layerwise.load_run(result.classifier)
+    assert clf.path.parent == gan.path / "quality" and clf.config.model.family == "mlp"
+    assert clf.config.data.source == "csv" and result.feature_dim == clf.model.head.in_features
+    assert set(result.per_class_accuracy) == {"0", "1", "mean"} and result.tstr["test_samples"] == len(gan.data.test)
+    again = gan.quality(n=50, tstr=False)  # a second call reuses the classifier it trained
+    assert again.classifier == result.classifier and again.tstr is None

@@ -84,7 +84,8 @@ def _table(tmp_path):
     n = 120
     colour = rng.choice(["red", "green", "blue"], n)
     frame = pd.DataFrame({"height": rng.normal(170, 10, n).round(1), "colour": colour,
-                          "weight": rng.normal(70, 5, n).round(1), "label": rng.choice(["a", "b"], n)})
+                          "weight": rng.normal(70, 5, n).round(1), "children": rng.integers(0, 4, n),
+                          "label": rng.choice(["a", "b"], n)})
     path = tmp_path / "people.csv"
     frame.to_csv(path, index=False)
     return path, frame
@@ -99,10 +100,12 @@ def test_tabular_csv_has_the_original_columns(tmp_path, family, run_cli):
     code, out, err = run_cli("generate", run.path, "--n", 30, "--seed", 3, "--out", tmp_path / "s.csv")
     assert code == 0, err
     samples = pd.read_csv(tmp_path / "s.csv")
-    expected = ["height", "weight", "colour"] + (["label"] if family == "gan" else [])
+    expected = ["height", "weight", "children", "colour"] + (["label"] if family == "gan" else [])
     assert list(samples.columns) == expected and len(samples) == 30
     assert set(samples["colour"]) <= {"red", "green", "blue"}
     assert abs(samples["height"].mean() - 170) < 60  # de-standardised: back in centimetres, not z-scores
+    assert samples["children"].dtype.kind == "i" and samples["children"].between(0, 3).all()  # whole numbers stay so
+    assert samples["height"].dtype.kind == "f"
     if family == "gan":
         assert set(samples["label"]) <= {"a", "b"}
     again = write_samples(sample_run(run, 30, seed=3), tmp_path / "t.csv")[0]

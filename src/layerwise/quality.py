@@ -134,7 +134,7 @@ def _train_like(clf, data: dict[str, Any], name: str, runs_dir: Path):
     cfg = clf.config.to_dict()
     cfg["name"] = name
     cfg["data"] = data
-    cfg["train"] = {**cfg["train"], "progress": False, "device": "cpu" if not torch.cuda.is_available() else "auto"}
+    cfg["train"] = {**cfg["train"], "progress": False}
     return train(cfg, runs_dir=runs_dir, quiet=True)
 
 

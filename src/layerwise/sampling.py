@@ -8,9 +8,9 @@ for tables the encoded feature matrix, which :meth:`Samples.to_frame` turns back
 columns). :func:`write_samples` writes an image grid (``.png``), one PNG per sample (a folder) or a
 CSV with the original column names (tabular runs).
 
-What cannot be inverted in a table: imputed missing values (a sample never "is missing"), the
-integer-ness of a numeric column (values come back as floats), and the original column order
-(numeric columns first, then categorical ones, unless ``data.features`` listed the order).
+What cannot be inverted in a table: imputed missing values (a sample never "is missing") and the
+original column order (numeric columns first, then categorical ones, unless ``data.features``
+listed the order). Columns of whole numbers come back as integers, clipped to their training range.
 """
 
 from __future__ import annotations
@@ -62,7 +62,11 @@ class Samples:
         pre, enc = self.preprocessor, self.stored
         columns: dict[str, Any] = {}
         for i, col in enumerate(pre.numeric):
-            columns[col] = enc[:, i].astype(np.float64) * pre.std_[col] + pre.mean_[col]  # undo standardising
+            values = enc[:, i].astype(np.float64) * pre.std_[col] + pre.mean_[col]  # undo standardising
+            if col in getattr(pre, "integer_", {}):  # a column of whole numbers: integers in its training range
+                low, high = pre.integer_[col]
+                values = np.clip(np.rint(values), low, high).astype(np.int64)
+            columns[col] = values
         pos = len(pre.numeric)
         for col in pre.categorical:
             levels = pre.levels_[col]
@@ -169,8 +173,12 @@ def sample_run(run, n: int, labels: Any = None, steps: int | None = None, guidan
     elif task == "adversarial":
         x = model.generate(n, labels=None if ids is None else torch.from_numpy(ids), seed=seed)
     else:
+        clip = None
+        if image:  # x0 estimates stay within the pixel range [0, 1], in the model's units
+            blank = torch.zeros(1, *run.spec.input_shape)
+            clip = (pre.normalize_pixels(blank)[0], pre.normalize_pixels(blank + 1)[0])
         x = model.sample(n, steps=steps, labels=None if ids is None else torch.from_numpy(ids),
-                         guidance=guidance, generator=generator)
+                         guidance=guidance, generator=generator, clip=clip)
     x = x.float()
     if image:
         stored = (pre.denormalize_pixels(x).clamp(0, 1) * 255).round().to(torch.uint8).numpy()

@@ -78,6 +78,9 @@ class TabularPreprocessor:
         self.mean_: dict[str, float] = {}
         self.std_: dict[str, float] = {}
         self.levels_: dict[str, list[str]] = {}
+        # numeric columns holding only whole numbers, with their training range: generated rows
+        # (layerwise.sampling) come back as integers within it, like the original column
+        self.integer_: dict[str, list[float]] = {}
 
     def fit(self, frame) -> "TabularPreprocessor":
         for col in self.numeric:
@@ -91,6 +94,8 @@ class TabularPreprocessor:
             self.mean_[col] = float(filled.mean()) if self.normalize else 0.0
             std = float(filled.std()) if self.normalize else 1.0
             self.std_[col] = std if std > 1e-12 else 1.0
+            if np.all(finite == np.round(finite)):
+                self.integer_[col] = [float(finite.min()), float(finite.max())]
         for col in self.categorical:
             levels = sorted({str(v) for v in frame[col].dropna()})
             if self.encoding == "onehot" and len(levels) > MAX_ONEHOT_LEVELS:
@@ -159,12 +164,14 @@ class TabularPreprocessor:
     def to_dict(self) -> dict[str, Any]:
         return {"kind": "tabular", "numeric": self.numeric, "categorical": self.categorical,
                 "encoding": self.encoding, "impute": self.impute, "normalize": self.normalize,
-                "fill": self.fill_, "mean": self.mean_, "std": self.std_, "levels": self.levels_}
+                "fill": self.fill_, "mean": self.mean_, "std": self.std_, "levels": self.levels_,
+                "integer": self.integer_}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TabularPreprocessor":
         pre = cls(data["numeric"], data["categorical"], data["encoding"], data["impute"], data["normalize"])
         pre.fill_, pre.mean_, pre.std_, pre.levels_ = data["fill"], data["mean"], data["std"], data["levels"]
+        pre.integer_ = data.get("integer", {})  # absent in runs saved before it was recorded
         return pre
 
     def batch(self, x: torch.Tensor, train: bool = False, seed: int | None = None) -> torch.Tensor:
