@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--iw-k", type=int, default=5000, help="VAE: importance samples of the anchor's bound")
     parser.add_argument("--iw-images", type=int, default=1000, help="VAE: test images scored with --iw-k")
     parser.add_argument("--reuse", nargs="+", default=[], metavar="FAMILY=RUN",
-                        help="score an already trained run instead of training one, e.g. diffusion=runs/mnist-diffusion-...")
+                        help="score an already trained run instead of training one, "
+                             "e.g. diffusion=runs/mnist-diffusion-...")
     parser.add_argument("--runs-dir", help="where the runs go (default: a temporary folder)")
     parser.add_argument("--grids", default=str(ROOT / "docs" / "images"), help="folder for the sample grids")
     args = parser.parse_args(argv)

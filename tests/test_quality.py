@@ -33,8 +33,8 @@ def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("quality")
 
     def fit(name, model, epochs=1):
-        return layerwise.train({"name": name, "data": dict(DIGITS), "model": model, "train": {**TRAIN, "epochs": epochs}},
-                               quiet=True, runs_dir=tmp / "runs")
+        cfg = {"name": name, "data": dict(DIGITS), "model": model, "train": {**TRAIN, "epochs": epochs}}
+        return layerwise.train(cfg, quiet=True, runs_dir=tmp / "runs")
 
     return {"gan": fit("gan", {"family": "gan", "channels": [16, 8], "latent": 8, "conditional": True}),
             "vae": fit("vae", {"family": "vae", "hidden": [32], "latent": 4}),
@@ -101,7 +101,8 @@ def test_tabular_gan_quality_trains_its_own_classifier(tmp_path):
     frame = pd.DataFrame({"a": rng.normal(0, 1, n) + 3 * label, "b": rng.normal(0, 1, n),
                           "kind": np.where(label == 1, "x", "y"), "label": label})
     frame.to_csv(tmp_path / "t.csv", index=False)
-    gan = layerwise.train({"name": "tgan", "data": {"source": "csv", "path": str(tmp_path / "t.csv"), "target": "label"},
+    data = {"source": "csv", "path": str(tmp_path / "t.csv"), "target": "label"}
+    gan = layerwise.train({"name": "tgan", "data": data,
                            "model": {"family": "gan", "hidden": [16], "latent": 4, "conditional": True},
                            "train": {**TRAIN, "epochs": 3}}, quiet=True, runs_dir=tmp_path / "runs")
     result = gan.quality(n=50, tstr_n=80)

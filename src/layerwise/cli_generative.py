@@ -75,5 +75,6 @@ def quality(run_dir, classifier, n, tstr_n, no_tstr, steps, guidance, seed, as_j
     if result.tstr:
         rows["tstr_synthetic_accuracy"] = result.tstr["synthetic_accuracy"]
         rows["tstr_real_accuracy"] = result.tstr["real_accuracy"]
-    _metrics_table(f"sample quality ({result.samples} samples, classifier {result.classifier})", rows)
-    click.echo(f"report: {Path(result.run) / 'report.html'}")
+    _metrics_table(f"sample quality ({result.samples} samples)", rows)
+    click.echo(f"classifier: {result.classifier}")
+    click.echo(f"report:     {Path(result.run) / 'report.html'}")
