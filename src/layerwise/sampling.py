@@ -26,9 +26,13 @@ import torch
 
 from .errors import ConfigError, RunError
 
-__all__ = ["GENERATIVE_TASKS", "Samples", "resolve_labels", "sample_many", "sample_run", "write_samples"]
+__all__ = ["GENERATIVE_TASKS", "SAMPLER_REVISION", "Samples", "resolve_labels", "sample_many", "sample_run",
+           "write_samples"]
 
 GENERATIVE_TASKS = ("vae", "adversarial", "diffusion")
+# bumped whenever the same weights and seed would give other samples (2: diffusion clips x0), so
+# that caches of samples (the synthetic data source) are rebuilt rather than reused
+SAMPLER_REVISION = 2
 CELL = 32  # an image grid draws each sample at least this many pixels tall (8x8 digits: 4x, nearest)
 PAD = 2  # pixels between cells
 LABEL_WIDTH = 64  # room for a class name left of each row of a conditional grid

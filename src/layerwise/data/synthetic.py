@@ -16,7 +16,7 @@ its own: ``label_with: CLASSIFIER_RUN`` labels each sample with that classifier'
 
 Generating is costly (a diffusion model runs its reverse process), so the samples are cached in the
 generator's folder, ``RUN/synthetic/<key>.npz``, keyed by everything that decides them (the
-weights, ``n``, ``seed``, ``steps``, ``guidance``, the labelling run): loading the data again
+weights, ``n``, ``seed``, ``steps``, ``guidance``, the labelling run, the sampler's revision): loading the data again
 (evaluating, reporting, resuming) reads the cache.
 """
 
@@ -77,7 +77,9 @@ def _cache_key(gen, cfg: SyntheticConfig) -> str:
     if cfg.label_with:
         lw = Path(cfg.label_with) / "model.safetensors"
         labeller = [str(Path(cfg.label_with).resolve()), lw.stat().st_mtime_ns if lw.is_file() else None]
-    parts = [stat.st_size, stat.st_mtime_ns, cfg.n, cfg.seed, cfg.steps, cfg.guidance, labeller]
+    from ..sampling import SAMPLER_REVISION
+
+    parts = [stat.st_size, stat.st_mtime_ns, cfg.n, cfg.seed, cfg.steps, cfg.guidance, labeller, SAMPLER_REVISION]
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 
