@@ -48,20 +48,17 @@ def _config(name: str, args, **train: Any) -> dict[str, Any]:
 
 
 def _vae_bounds(run, k: int, images: int) -> dict[str, float]:
-    """The importance-weighted bound with ``k`` samples on the first ``images`` test images."""
+    """The importance-weighted bound with ``k`` samples on the first ``images`` test images (the vae
+    task's own final metric, with another K on fewer images)."""
     from layerwise.data.loader import BatchLoader
     from layerwise.data.spec import Split
-    from layerwise.tasks.vae import EVAL_SEED, importance_weighted_nll
 
     test = run.data.test
-    split = Split(test.x[:images], test.y[:images])
-    model = run.model.cpu().eval()
-    total, count = 0.0, 0
-    for x, _ in BatchLoader(split, 50, transform=run.preprocessing.inputs.batch):
-        gen = torch.Generator().manual_seed(EVAL_SEED)
-        total += float(importance_weighted_nll(model, run.preprocessing, x, k, gen).double().sum())
-        count += len(x)
-    return {f"iw_nll_k{k}_first{images}": total / count}
+    loader = BatchLoader(Split(test.x[:images], test.y[:images]), 50, transform=run.preprocessing.inputs.batch)
+    eval_cfg = run.config.evaluate.model_copy(update={"importance_samples": k})
+    with torch.no_grad():
+        bound = run.task.final_metrics(run.model.cpu().eval(), loader, eval_cfg)["iw_nll"]
+    return {f"iw_nll_k{k}_first{images}": bound}
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:

@@ -76,13 +76,15 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @torch.no_grad()
-def penultimate_features(clf, stored: Any) -> tuple[np.ndarray, np.ndarray]:
-    """(features (N, D), logits (N, classes)) of a classifier run for stored inputs (uint8 images or a
-    DataFrame): the features are what its final linear layer (``model.head``) reads."""
+def penultimate_features(clf, inputs: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(features (N, D), logits (N, classes)) of a classifier run for ``inputs``: one of its own splits
+    (a :class:`Split`), or anything ``read_inputs`` takes (uint8 images, a DataFrame). The features are
+    what its final linear layer (``model.head``) reads."""
     from .data.loader import BatchLoader
+    from .data.spec import Split
     from .inputs import read_inputs
 
-    split = read_inputs(stored, clf).split
+    split = inputs if isinstance(inputs, Split) else read_inputs(inputs, clf).split
     model = clf.model.cpu().eval()
     captured: list[torch.Tensor] = []
     hook = model.head.register_forward_pre_hook(lambda module, args: captured.append(args[0].detach().flatten(1)))
@@ -95,14 +97,13 @@ def penultimate_features(clf, stored: Any) -> tuple[np.ndarray, np.ndarray]:
     return torch.cat(captured).double().numpy(), torch.cat(logits).numpy()
 
 
-def _stored(split, kind: str, pre, rows: np.ndarray | None = None):
-    """A split's stored inputs as ``read_inputs`` takes them: uint8 images, or the table (tabular)."""
-    x = split.x if rows is None else split.x[torch.as_tensor(rows)]
-    if kind == "image":
-        return x.numpy()
-    from .sampling import Samples
+def _rows(split, count: int, seed: int):
+    """``count`` rows of a split drawn without replacement (seeded), as a Split."""
+    from .data.spec import Split
 
-    return Samples(x=x, stored=x.numpy(), labels=None, kind="tabular", preprocessor=pre).to_frame()
+    pick = torch.as_tensor(np.sort(np.random.default_rng(seed).choice(len(split), min(count, len(split)),
+                                                                      replace=False)))
+    return Split(split.x[pick], split.y[pick])
 
 
 def _classifier(run, classifier, epochs: int):
@@ -176,13 +177,8 @@ def quality_report(run, classifier: Any = None, n: int = 2000, tstr: bool = True
     gen_stored = samples.stored if samples.kind == "image" else samples.to_frame()
     gen_features, gen_logits = penultimate_features(clf, gen_stored)
     test = clf.data.test if clf.data.test is not None else clf.data.val
-    rows = min(n, len(test))
-    pick = np.sort(np.random.default_rng(seed).choice(len(test), rows, replace=False))
-    real_features, _ = penultimate_features(clf, _stored(test, run.spec.kind, clf.preprocessing.inputs, pick))
-    train_rows = np.sort(np.random.default_rng(seed + 1).choice(len(clf.data.train), min(rows, len(clf.data.train)),
-                                                                 replace=False))
-    floor_features, _ = penultimate_features(clf, _stored(clf.data.train, run.spec.kind, clf.preprocessing.inputs,
-                                                          train_rows))
+    real_features, _ = penultimate_features(clf, _rows(test, n, seed))
+    floor_features, _ = penultimate_features(clf, _rows(clf.data.train, len(real_features), seed + 1))
     names = [str(c) for c in clf.spec.class_names]
     predicted = gen_logits.argmax(1)
     shares = {names[c]: float((predicted == c).mean()) for c in range(len(names))}
