@@ -106,6 +106,19 @@ def _rows(split, count: int, seed: int):
     return Split(split.x[pick], split.y[pick])
 
 
+def _grid_subset(samples, per_class: int = 10, unlabelled: int = 100):
+    """A readable share of the scored samples: the first ``per_class`` of each class (conditional
+    runs, whose samples come in class blocks), else the first ``unlabelled``."""
+    from dataclasses import replace
+
+    if samples.labels is None:
+        idx = np.arange(min(unlabelled, len(samples)))
+    else:
+        idx = np.concatenate([np.nonzero(samples.labels == c)[0][:per_class] for c in np.unique(samples.labels)])
+    labels = None if samples.labels is None else samples.labels[idx]
+    return replace(samples, x=samples.x[torch.as_tensor(idx)], stored=samples.stored[idx], labels=labels)
+
+
 def _classifier(run, classifier, epochs: int):
     from .runs import load_run, train
 
@@ -193,8 +206,7 @@ def quality_report(run, classifier: Any = None, n: int = 2000, tstr: bool = True
     out.mkdir(parents=True, exist_ok=True)
     files = []
     if samples.kind == "image":
-        shown = sample_many(run, 100, steps=steps, guidance=guidance, seed=seed)  # a readable grid, not all n
-        image_grid(shown).save(out / "samples.png")
+        image_grid(_grid_subset(samples)).save(out / "samples.png")  # some of the samples scored, not all n
         files.append("quality/samples.png")
     result = QualityResult(run=str(run.path), classifier=str(clf.path), samples=n,
                            feature_dim=int(gen_features.shape[1]),
