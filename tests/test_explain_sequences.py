@@ -120,8 +120,14 @@ def test_per_token_scores_and_escaped_html(text_runs, name, tmp_path):
         assert attr.shape == tuple(x.shape) and np.isfinite(attr).all(), method
     for method in NONZERO:
         assert (out.attributions[method][real] != 0).all(), method
-    for method in ("integrated_gradients", "occlusion"):  # a pad token equals the baseline: it cannot matter
-        assert (out.attributions[method][~real] == 0).all(), method
+    # a pad token equals the baseline: it cannot matter. Integrated gradients gives exactly 0 there;
+    # occlusion subtracts forward passes run at different batch sizes, whose float32 sums may differ in
+    # the last bits, so a pad position scores a few ulps of the outputs (1.2e-7 measured on an AVX-512
+    # CPU, where the least important real token scores 3e-5)
+    assert (out.attributions["integrated_gradients"][~real] == 0).all()
+    with torch.no_grad():
+        scale = float(run.model(x).abs().max())
+    assert np.abs(out.attributions["occlusion"][~real]).max() <= 64 * np.finfo(np.float32).eps * scale
     assert out.summary["token_counts"] == real.sum(axis=1).tolist()
 
     page = (tmp_path / "tokens.html").read_text(encoding="utf-8")

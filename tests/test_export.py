@@ -20,6 +20,7 @@ from layerwise.models import is_generative
 
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
+numpy_helper = pytest.importorskip("onnx.numpy_helper")
 
 # one tiny case per family (the first input kind it accepts), plus integer token ids through a transformer
 _first: dict[str, tuple[str, str]] = {}
@@ -168,8 +169,22 @@ def test_int8_onnx_is_smaller_agrees_with_float32_and_keeps_the_metadata(digits_
     with torch.no_grad():
         expected = digits_run.model(digits_run.preprocessing.inputs.batch(raw)).numpy()
     got = _ort_outputs(result.path, x)
-    assert (got.argmax(1) == expected.argmax(1)).mean() >= 0.95
-    assert check["agreement"] == pytest.approx((got.argmax(1) == expected.argmax(1)).mean(), abs=1e-9)
+    agree = got.argmax(1) == expected.argmax(1)
+    # The fixture is trained for one epoch (about a third of the test images right): its logits are
+    # nearly tied on many rows (median top-two margin ~0.24; 28% of rows within twice the int8 logit
+    # error), the hardest case for int8. Measured: 98.6% (static) and 98.3% (dynamic) agreement, the
+    # same on a VNNI CPU and an AVX2 one (qemu); 8-bit weights on the AVX2 CPU gave 94.4%.
+    assert agree.mean() >= 0.95
+    assert check["agreement"] == pytest.approx(agree.mean(), abs=1e-9)
+    # int8 rounding only flips a near tie (measured flips: top-two margins below 0.013); a
+    # saturating kernel also flipped rows with margins up to 0.095
+    top_two = np.sort(expected, axis=1)[:, -2:]
+    assert (top_two[~agree, 1] - top_two[~agree, 0] < 0.05).all()
+    # 7-bit weights: uint8 x int8 pairs cannot overflow the int16 sums of CPUs without VNNI (VPMADDUBSW),
+    # so the agreement measured here holds on every x86 CPU
+    weights = [numpy_helper.to_array(t) for t in onnx.load(str(result.path)).graph.initializer
+               if t.data_type == onnx.TensorProto.INT8 and np.prod(t.dims) > 1]
+    assert weights and all(np.abs(w.astype(int)).max() <= 64 for w in weights)
 
 
 def test_int8_is_onnx_only_and_the_default_file_names_keep_float32_as_model_onnx(digits_run, run_cli):
