@@ -40,8 +40,8 @@ from torch import nn
 import layerwise
 from layerwise.data.spec import DataSpec
 from layerwise.data.text import TextPreprocessor, read_text
-from layerwise.generation import generate_ids, sample_next, start_ids
 from layerwise.models import FAMILIES, build_model
+from layerwise.ops.decoding import generate_ids, sample_next, start_ids
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "shakespeare"
 HOLD_OUT = 0.1

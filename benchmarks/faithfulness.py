@@ -1,10 +1,10 @@
 """How far to trust each explanation method: faithfulness on MNIST and on a tabular set.
 
-For every method of ``layerwise.explain.methods.METHODS`` (through ``methods.attribute``, as
+For every method of ``layerwise.tools.explain.methods.METHODS`` (through ``methods.attribute``, as
 ``layerwise explain`` calls it) and a model trained here with ``layerwise.train``:
 
 - deletion and insertion AUC (Petsiuk et al. 2018) of the predicted class's softmax probability,
-  against the same curves for random rankings (``layerwise.explain.trust``; deletion: lower is
+  against the same curves for random rankings (``layerwise.tools.explain.trust``; deletion: lower is
   better, insertion: higher is better);
 - Captum's infidelity and max-sensitivity (Yeh et al. 2019; lower is better);
 - the model-randomisation check (Adebayo et al. 2018): Spearman correlation of |attributions| for
@@ -35,10 +35,10 @@ from pathlib import Path
 import torch
 
 import layerwise
-from layerwise.explain import trust
-from layerwise.explain.images import patch_mask, patch_size
-from layerwise.explain.methods import METHODS, attribute, samples_for
-from layerwise.explain.tabular import columns
+from layerwise.tools.explain import trust
+from layerwise.tools.explain.images import patch_mask, patch_size
+from layerwise.tools.explain.methods import METHODS, attribute, samples_for
+from layerwise.tools.explain.tabular import columns
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST = ROOT / ".." / "shared" / "data" / "mnist"

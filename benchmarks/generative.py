@@ -8,7 +8,7 @@ quality, and train-on-synthetic / test-on-real for each.
   the scoring classifier's (examples/mnist.yaml) accuracy on generated samples of each class and the
   Fréchet distance in its penultimate features (not Inception FID; the real-vs-real floor is printed).
 - All three: a copy of the classifier's config trained only on generated samples and scored on the
-  real test set, beside the same config trained on as many real images (layerwise.quality).
+  real test set, beside the same config trained on as many real images (layerwise.tools.quality).
 
     python benchmarks/generative.py                      # full: ~10 min of training per model
     python benchmarks/generative.py --only vae --budget 120
@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 import layerwise
-from layerwise.config import load_config
+from layerwise.runs.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST = ROOT.parent / "shared" / "data" / "mnist"

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 import layerwise
-from layerwise.compress.quantize import quantize_dynamic
+from layerwise.ops.quantize import quantize_dynamic
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST = ROOT.parent / "shared" / "data" / "mnist"

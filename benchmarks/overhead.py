@@ -22,11 +22,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from layerwise.config import load_config
 from layerwise.data import load_data
 from layerwise.data.loader import BatchLoader
 from layerwise.models import build_model
-from layerwise.runs import prepare_bundle
+from layerwise.runs.config import load_config
+from layerwise.runs.run import prepare_bundle
 from layerwise.train import Checkpoint, HistoryCSV, Trainer
 from layerwise.train.optim import make_optimizer
 

@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 import layerwise
-from layerwise.attacks import attack_run
-from layerwise.train import resolve_device
+from layerwise.core.device import resolve_device
+from layerwise.tools.attack import attack_run
 
 ROOT = Path(__file__).resolve().parents[1]
 EPS = (0.1, 0.2, 0.3)

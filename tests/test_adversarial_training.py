@@ -10,8 +10,8 @@ import torch
 from helpers import assert_one_line_error, cli, quick_train, run_dirs, tiny_mlp, write_yaml
 
 import layerwise
-from layerwise.config import load_config
-from layerwise.runs import loaders, prepare
+from layerwise.runs.config import load_config
+from layerwise.runs.run import loaders, prepare
 
 EPS = 0.1
 

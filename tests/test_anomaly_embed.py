@@ -9,9 +9,9 @@ from helpers import quick_train
 
 import layerwise
 from layerwise import RunError
-from layerwise.anomaly import anomaly_scores, validation_threshold
 from layerwise.cli import main
-from layerwise.latent import embed
+from layerwise.tools.anomaly import anomaly_scores, validation_threshold
+from layerwise.tools.embed import embed
 
 HELD_OUT = 0  # the class the models never see: the anomalies
 

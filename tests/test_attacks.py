@@ -9,7 +9,8 @@ import torch
 from helpers import assert_one_line_error, cli, quick_train
 
 import layerwise
-from layerwise.attacks import _inputs, fgsm, pgd
+from layerwise.ops.attacks import fgsm, pgd
+from layerwise.tools.attack import _inputs
 
 EPS = 0.1
 
@@ -74,7 +75,7 @@ def test_attack_run_curve_starts_at_clean_accuracy_and_writes_files(digits_run, 
     clean = digits_run.evaluate(split="test")["accuracy"]
     assert result.eps == [0.0, 0.05, 0.2]
     # the 120 sampled test images are a subset of the full test split: the same on all of it
-    full = layerwise.attacks.attack_run(digits_run, "fgsm", [0.05], samples=10_000, out_dir=tmp_path)
+    full = layerwise.tools.attack.attack_run(digits_run, "fgsm", [0.05], samples=10_000, out_dir=tmp_path)
     assert full.clean_accuracy == pytest.approx(clean, abs=1e-6)
     assert result.accuracy[2] <= result.accuracy[1] <= result.accuracy[0]
     saved = json.loads((digits_run.path / "attack" / "attack.json").read_text())

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import yaml
+from helpers import quick_train, run_dirs, tiny_mlp, write_yaml
 
 import layerwise
-from helpers import quick_train, run_dirs, tiny_mlp, write_yaml
 
 
 def test_train_the_embedded_default(run_cli, tmp_path):
@@ -47,7 +47,7 @@ def test_config_prints_the_resolved_yaml(run_cli, tmp_path):
 
 
 def test_config_reference(run_cli):
-    from layerwise._reference import config_reference
+    from layerwise.runs.reference import config_reference
 
     code, out, err = run_cli("config", "--reference")
     assert code == 0, err

@@ -10,10 +10,10 @@ import torch
 from helpers import assert_one_line_error, quick_train, run_dirs, run_steps, write_yaml
 
 from layerwise import ModelError
-from layerwise.config import load_config
 from layerwise.data import load_data
 from layerwise.data.spec import DataSpec
 from layerwise.models import build_model
+from layerwise.runs.config import load_config
 
 VIDEO = DataSpec(kind="video", input_shape=(5, 1, 8, 8), target="class", num_classes=3)
 

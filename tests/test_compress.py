@@ -164,8 +164,8 @@ def test_a_dynamic_int8_recurrent_model_still_steps_like_its_whole_sequence_form
     from helpers import run_steps, sequence_inputs, sequence_spec
 
     from layerwise import FAMILIES
-    from layerwise.compress.quantize import quantize_dynamic
     from layerwise.models import build_model
+    from layerwise.ops.quantize import quantize_dynamic
 
     spec = sequence_spec("tokens", 6)
     model = build_model(FAMILIES.get(family).Config(hidden=8, layers=1, embedding=8), spec).eval()

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-
 from helpers import REPO, write_yaml
+
 from layerwise import ConfigError, ExperimentConfig, load_config
-from layerwise.config import apply_overrides, parse_override
+from layerwise.core.config import apply_overrides, parse_override
 
 IRIS = {"data": {"source": "builtin", "name": "iris"}, "model": {"family": "mlp"}}
 
@@ -240,7 +240,7 @@ def test_validate_assignment():
 
 
 def test_docs_reference_is_generated_from_the_schemas():
-    from layerwise._reference import config_reference
+    from layerwise.runs.reference import config_reference
 
     doc = REPO / "docs" / "configuration.md"
     if not doc.is_file():
@@ -252,7 +252,7 @@ def test_docs_reference_is_generated_from_the_schemas():
 
 def test_reference_covers_every_registered_name():
     from layerwise import FAMILIES, SOURCES
-    from layerwise._reference import config_reference
+    from layerwise.runs.reference import config_reference
     from layerwise.train import OPTIMIZERS, SCHEDULERS
 
     text = config_reference()

@@ -8,16 +8,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import MNIST, idx_bytes, quick_train, tiny_mlp, write_idx_folder
 
 import layerwise
-from helpers import MNIST, idx_bytes, quick_train, tiny_mlp, write_idx_folder
 from layerwise import DataError, load_config
 from layerwise.data import load_data
 from layerwise.data.loader import BatchLoader
 from layerwise.data.pipeline import split_indices
 from layerwise.data.preprocess import ImagePreprocessor
 from layerwise.data.spec import Split
-from layerwise.runs import loaders
+from layerwise.runs.run import loaders
 
 
 def bundle_of(data: dict, model: dict | None = None, **kw):

@@ -107,7 +107,7 @@ def test_image_samples_from_sample_run_stay_in_the_pixel_range(tmp_path):
     run = layerwise.train({"data": {"source": "builtin", "name": "digits", "limit": 100},
                            "model": {"family": "diffusion", **TINY, "timesteps": 20, "attention": False},
                            "train": {"epochs": 1, "progress": False}}, quiet=True, runs_dir=tmp_path)
-    from layerwise.sampling import sample_run
+    from layerwise.tools.generate import sample_run
 
     x = sample_run(run, 16, steps=5).x
     pixels = run.preprocessing.inputs.denormalize_pixels(x)

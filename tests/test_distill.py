@@ -8,12 +8,12 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import assert_one_line_error, cli, quick_train, run_dirs, tiny_mlp, write_yaml
 
 import layerwise
-from helpers import assert_one_line_error, cli, quick_train, run_dirs, tiny_mlp, write_yaml
-from layerwise.config import load_config
-from layerwise.errors import ConfigError
-from layerwise.runs import prepare
+from layerwise.core.errors import ConfigError
+from layerwise.runs.config import load_config
+from layerwise.runs.run import prepare
 from layerwise.tasks.distillation import TeacherCallback, distillation_loss
 
 

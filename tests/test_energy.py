@@ -7,11 +7,11 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers import assert_one_line_error, cli, quick_train, run_dirs, tiny_mlp, write_yaml
 
 import layerwise
-from helpers import assert_one_line_error, cli, quick_train, run_dirs, tiny_mlp, write_yaml
-from layerwise.energy import CPU_WATTS_PER_CORE, EnergyMeter, read_rapl_zones
-from layerwise.errors import ConfigError
+from layerwise.core.errors import ConfigError
+from layerwise.ops.energy import CPU_WATTS_PER_CORE, EnergyMeter, read_rapl_zones
 
 KEYS = {"duration_s", "device", "method", "energy_kwh", "co2_kg", "note"}
 

@@ -11,12 +11,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import quick_train, run_dirs, tiny_mlp, write_npz, write_yaml
 from sklearn import metrics as skm
 
 import layerwise
-from helpers import quick_train, run_dirs, tiny_mlp, write_npz, write_yaml
 from layerwise.data.preprocess import TargetScaler
-from layerwise.evaluate import ClassificationEvaluator, RegressionEvaluator
+from layerwise.tasks.evaluation import ClassificationEvaluator, RegressionEvaluator
 
 
 def _stream(evaluator, outputs: torch.Tensor, y: torch.Tensor, batch: int = 37):

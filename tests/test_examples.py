@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from layerwise.config import load_config
+from layerwise.runs.config import load_config
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

@@ -15,10 +15,10 @@ import torch
 from helpers import assert_one_line_error, cli, quick_train
 
 import layerwise
-from layerwise.errors import ConfigError
-from layerwise.explain import METHODS, attribute, explain_run
-from layerwise.explain import images as explain_images
-from layerwise.explain import tabular as explain_tabular
+from layerwise.core.errors import ConfigError
+from layerwise.tools.explain import METHODS, attribute, explain_run
+from layerwise.tools.explain import images as explain_images
+from layerwise.tools.explain import tabular as explain_tabular
 
 COLUMNS = ["age", "income", "city"]
 

@@ -23,17 +23,17 @@ from helpers import (
 )
 
 import layerwise
-from layerwise.errors import ConfigError
-from layerwise.explain.attention import attention_figure, attention_maps, rollout
-from layerwise.explain.methods import METHODS, attribute
-from layerwise.explain.sequences import (
+from layerwise.core.errors import ConfigError
+from layerwise.models import FAMILIES, build_model
+from layerwise.tools.explain.attention import attention_figure, attention_maps, rollout
+from layerwise.tools.explain.methods import METHODS, attribute
+from layerwise.tools.explain.sequences import (
     attribution_space,
     explain_sequences,
     token_embedding,
     token_forward,
     trust_arguments,
 )
-from layerwise.models import FAMILIES, build_model
 
 pytest.importorskip("captum")
 pytest.importorskip("tokenizers")

@@ -15,8 +15,8 @@ from torch import nn
 import layerwise
 from layerwise import FAMILIES, RunError
 from layerwise.data.preprocess import preprocessor_from_dict
-from layerwise.export import TOLERANCE, export_model, read_metadata
 from layerwise.models import is_generative
+from layerwise.tools.export import TOLERANCE, export_model, read_metadata
 
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")

@@ -12,7 +12,7 @@ import pytest
 from helpers import assert_one_line_error, cli, quick_train, tiny_mlp
 
 import layerwise
-from layerwise.errors import ConfigError
+from layerwise.core.errors import ConfigError
 
 
 def biased_table(n: int, seed: int) -> pd.DataFrame:

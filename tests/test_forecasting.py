@@ -12,13 +12,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from helpers import assert_one_line_error, cli, run_dirs, write_yaml
-from layerwise.config import load_config
+
+from layerwise.core.errors import ConfigError, DataError
 from layerwise.data import load_data
 from layerwise.data.timeseries import mackey_glass
-from layerwise.errors import ConfigError, DataError
 from layerwise.models import build_model
+from layerwise.runs.config import load_config
 from layerwise.tasks.forecasting import ForecastEvaluator
 
 

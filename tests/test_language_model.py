@@ -14,13 +14,13 @@ import torch
 import torch.nn.functional as F
 from helpers import assert_one_line_error, cli, quick_train, run_dirs, write_yaml
 
+from layerwise.core.errors import ModelError
 from layerwise.data.loader import BatchLoader
 from layerwise.data.spec import DataSpec, Split
-from layerwise.errors import ModelError
-from layerwise.evaluate import evaluate_model
-from layerwise.generation import generate_ids, sample_next, start_ids
 from layerwise.models import FAMILIES, build_model
+from layerwise.ops.decoding import generate_ids, sample_next, start_ids
 from layerwise.tasks import TASKS
+from layerwise.tasks.evaluation import evaluate_model
 
 VOCAB = 13
 SPEC = DataSpec(kind="tokens", input_shape=(16,), target="token", vocab_size=VOCAB)
@@ -123,7 +123,7 @@ def test_loss_is_cross_entropy_over_every_position():
 
 
 def quick_train_cfg():
-    from layerwise.config import TrainConfig
+    from layerwise.core.config import TrainConfig
 
     return TrainConfig(**quick_train())
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from helpers import run_steps
-from layerwise.config import TrainConfig
+
+from layerwise.core.config import TrainConfig
 from layerwise.data.loader import BatchLoader
 from layerwise.data.spec import DataSpec, Split
 from layerwise.models import FAMILIES, build_model

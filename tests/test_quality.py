@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import layerwise
-from layerwise.errors import RunError
-from layerwise.quality import frechet_distance, penultimate_features
+from layerwise.core.errors import RunError
+from layerwise.tools.quality import frechet_distance, penultimate_features
 
 DIGITS = {"source": "builtin", "name": "digits", "limit": 300}
 TRAIN = {"epochs": 1, "batch_size": 50, "progress": False, "device": "cpu"}

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from helpers import run_steps, sequence_inputs, sequence_spec
+
 from layerwise import FAMILIES, ModelError
-from layerwise.config import TrainConfig
+from layerwise.core.config import TrainConfig
 from layerwise.data.loader import BatchLoader
 from layerwise.data.spec import DataSpec, Split
 from layerwise.models import build_model

@@ -12,8 +12,8 @@ from PIL import Image
 
 import layerwise
 from layerwise.cli import main
-from layerwise.errors import ConfigError, RunError
-from layerwise.sampling import CELL, LABEL_WIDTH, PAD, sample_run, write_samples
+from layerwise.core.errors import ConfigError, RunError
+from layerwise.tools.generate import CELL, LABEL_WIDTH, PAD, sample_run, write_samples
 
 DIGITS = {"source": "builtin", "name": "digits", "limit": 200}
 TRAIN = {"epochs": 1, "batch_size": 50, "progress": False, "device": "cpu"}

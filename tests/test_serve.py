@@ -33,7 +33,7 @@ from helpers import (
 )
 
 import layerwise
-from layerwise.serve import MicroBatcher
+from layerwise.tools.serve import MicroBatcher
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
@@ -363,7 +363,7 @@ def test_a_failing_row_fails_only_its_own_request_and_close_drains_the_queue():
 
 def test_onnx_int8_backend_serves_the_quantized_export(runs):
     # in-process: the server calls the backend exactly so; a fourth subprocess would only add startup time
-    from layerwise.serve.backends import make_backend
+    from layerwise.tools.serve.backends import make_backend
 
     run = layerwise.load_run(runs["image"])
     backend = make_backend(run, "onnx-int8")

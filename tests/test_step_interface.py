@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from layerwise.config import load_config
 from layerwise.data import load_data
 from layerwise.models import build_model
-from layerwise.runs import loaders
+from layerwise.runs.config import load_config
+from layerwise.runs.run import loaders
 from layerwise.tasks import StepOutput
 from layerwise.tasks.classification import Classification
 from layerwise.train import Checkpoint, Trainer

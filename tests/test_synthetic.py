@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import layerwise
-from layerwise.errors import DataError
+from layerwise.core.errors import DataError
 
 TRAIN = {"epochs": 1, "batch_size": 50, "progress": False, "device": "cpu"}
 

@@ -11,12 +11,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-
 from helpers import assert_one_line_error, cli, quick_train, run_dirs, write_yaml
-from layerwise.config import load_config
+
 from layerwise.data import load_data
 from layerwise.data.pipeline import Preprocessing
 from layerwise.data.text import TextPreprocessor, read_text, text_blocks
+from layerwise.runs.config import load_config
 
 pytest.importorskip("tokenizers")
 
@@ -239,7 +239,7 @@ def test_user_errors_are_one_line(tmp_path):
     ({"path": "books"}, None, ("data.path", "books", "no .txt files")),
 ])
 def test_more_errors_name_the_key(tmp_path, monkeypatch, data, task, fragments):
-    from layerwise.errors import LayerwiseError
+    from layerwise.core.errors import LayerwiseError
 
     monkeypatch.chdir(tmp_path)
     pd.DataFrame({"text": ["a b"] * 10}).to_csv("nolabel.csv", index=False)

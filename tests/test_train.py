@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import assert_one_line_error, cli, cli_command, cli_env, quick_train, run_dirs, tiny_mlp, write_yaml
 from torch import nn
 
 import layerwise
-from helpers import assert_one_line_error, cli, cli_command, cli_env, quick_train, run_dirs, tiny_mlp, write_yaml
 from layerwise import TrainingDivergedError, load_config
-from layerwise.runs import loaders, prepare
+from layerwise.runs.run import loaders, prepare
 from layerwise.train import Callback, EarlyStopping, Trainer, load_checkpoint
 from layerwise.train.optim import make_optimizer, make_schedule
 

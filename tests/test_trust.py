@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from layerwise.errors import ConfigError
-from layerwise.explain.trust import (
+from layerwise.core.errors import ConfigError
+from layerwise.tools.explain.trust import (
     assess,
     deletion_insertion,
     plot_curves,

@@ -8,16 +8,17 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
-from .config import ExperimentConfig, load_config  # noqa: E402
-from .errors import ConfigError, DataError, LayerwiseError, ModelError, RunError, TrainingDivergedError  # noqa: E402
+from .core import __version__  # noqa: E402
+from .core.config import ExperimentConfig  # noqa: E402
+from .runs.config import load_config  # noqa: E402
+from .core.errors import ConfigError, DataError, LayerwiseError, ModelError, RunError, TrainingDivergedError  # noqa: E402
 from .models import FAMILIES, LayerwiseModel, register_family  # noqa: E402
 from .data import SOURCES, DataSource, register_source  # noqa: E402
 from .tasks import TASKS, Task, register_task  # noqa: E402
 from .runs import Run, load_run, train  # noqa: E402
-from .cv import cross_validate  # noqa: E402
-from .distill import distill  # noqa: E402
+from . import tools  # noqa: E402,F401 - every tool registers its report section, entry points and sources
+from .tools.cv import cross_validate  # noqa: E402
+from .tools.distill import distill  # noqa: E402
 
 __all__ = [
     "__version__", "train", "load_run", "Run", "cross_validate", "load_config", "ExperimentConfig",

@@ -1,7 +1,7 @@
 """Data sources, the data spec models are built from, and batch loading.
 
 A source is one class registered with ``@register_source("name")``: a ``Config`` schema (its own
-keys beside the common ones of :class:`~layerwise.config.DataConfig`) and a ``read`` method that
+keys beside the common ones of :class:`~layerwise.core.config.DataConfig`) and a ``read`` method that
 returns :class:`RawData`. Splitting and preprocessing are shared (``pipeline.build_bundle``).
 Sources whose splits are not a random draw of samples (a time series split chronologically, a
 text cut into token blocks) override :meth:`DataSource.load` and build their bundle themselves.
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from .._registry import Registry, import_submodules
-from ..config import DataConfig
+from ..core.config import DataConfig
+from ..core.registry import Registry, import_submodules
 from .spec import DataBundle, DataSpec, RawData, Split
 
 __all__ = ["where", "SOURCES", "DataSource", "register_source", "load_data", "DataBundle", "DataSpec", "RawData", "Split"]
@@ -52,7 +52,7 @@ def register_source(name: str):
 def load_data(cfg: DataConfig, task: str | None = None) -> DataBundle:
     """Read, split and preprocess the data a config names.
 
-    >>> from layerwise.config import load_config
+    >>> from layerwise.core.config import load_config
     >>> bundle = load_data(load_config({"data": {"name": "iris"}, "model": {"family": "mlp"}}).data)
     >>> bundle.spec.num_classes
     3

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from ..config import DataConfig
+from ..core.config import DataConfig
 from . import DataSource, register_source
 from .spec import DataBundle, RawData, Split
 

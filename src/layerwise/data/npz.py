@@ -9,8 +9,8 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from ..config import DataConfig
-from ..errors import DataError
+from ..core.config import DataConfig
+from ..core.errors import DataError
 from . import DataSource, register_source, where
 from .spec import RawData
 

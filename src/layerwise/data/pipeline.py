@@ -7,57 +7,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import DataError
-from .preprocess import ImagePreprocessor, TabularPreprocessor, TargetScaler, numeric_or_junk, preprocessor_from_dict
+from ..core.errors import DataError
+from .preprocess import (
+    ImagePreprocessor,
+    Preprocessing,
+    TabularPreprocessor,
+    TargetScaler,
+    _key,
+    numeric_or_junk,
+    preprocessor_from_dict,
+)
 from .spec import DataBundle, DataSpec, RawData, Split
 
 __all__ = ["Preprocessing", "build_bundle", "infer_target", "split_indices", "split_rows"]
 
 MAX_INTEGER_CLASSES = 20  # an integer target with more distinct values is read as numeric
-
-
-class Preprocessing:
-    """Everything fitted on the training split: input preprocessing, class names, target scaling."""
-
-    def __init__(self, inputs: Any, target: str, classes: list | None = None, scaler: TargetScaler | None = None):
-        self.inputs = inputs  # TabularPreprocessor | ImagePreprocessor
-        self.target = target  # "class" | "numeric"
-        self.classes = classes  # original label values, index = class id
-        self.scaler = scaler
-
-    def encode_labels(self, y: np.ndarray, origin: str) -> np.ndarray:
-        if self.target == "numeric":
-            return self.scaler.transform(np.asarray(y, dtype=np.float64)) if self.scaler else y.astype(np.float32)
-        lookup = {_key(c): i for i, c in enumerate(self.classes)}
-        codes = np.array([lookup.get(_key(v), -1) for v in y.tolist()], dtype=np.int64)
-        if (codes < 0).any():
-            unseen = sorted({str(v) for v, c in zip(y.tolist(), codes) if c < 0})[:5]
-            raise DataError(
-                f"{origin}: label(s) {', '.join(unseen)} are out of range: the training labels are "
-                f"{', '.join(map(str, self.classes[:12]))}{'...' if len(self.classes) > 12 else ''}; fix or drop those rows"
-            )
-        return codes
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"inputs": self.inputs.to_dict(), "target": self.target,
-                "classes": None if self.classes is None else [_plain(c) for c in self.classes],
-                "scaler": None if self.scaler is None else {"mean": self.scaler.mean, "std": self.scaler.std}}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Preprocessing":
-        scaler = TargetScaler(**data["scaler"]) if data.get("scaler") else None
-        return cls(preprocessor_from_dict(data["inputs"]), data["target"], data.get("classes"), scaler)
-
-
-def _key(value: Any) -> str:
-    """Labels compare as text so that 1, 1.0, '1' and np.int64(1) are one class."""
-    if isinstance(value, (float, np.floating)) and float(value).is_integer():
-        value = int(value)
-    return str(value)
-
-
-def _plain(value: Any) -> Any:
-    return value.item() if isinstance(value, np.generic) else value
 
 
 def infer_target(y: np.ndarray, task: str | None, origin: str) -> str:

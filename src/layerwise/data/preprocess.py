@@ -15,9 +15,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import DataError
+from ..core.errors import DataError
 
-__all__ = ["TabularPreprocessor", "ImagePreprocessor", "TargetScaler", "preprocessor_from_dict", "numeric_or_junk",
+__all__ = ["Preprocessing", "TabularPreprocessor", "ImagePreprocessor", "TargetScaler", "preprocessor_from_dict", "numeric_or_junk",
            "register_preprocessor"]
 
 PREPROCESSORS: dict[str, type] = {}  # kind -> class with to_dict/from_dict/batch
@@ -79,7 +79,7 @@ class TabularPreprocessor:
         self.std_: dict[str, float] = {}
         self.levels_: dict[str, list[str]] = {}
         # numeric columns holding only whole numbers, with their training range: generated rows
-        # (layerwise.sampling) come back as integers within it, like the original column
+        # (layerwise.tools.generate) come back as integers within it, like the original column
         self.integer_: dict[str, list[float]] = {}
 
     def fit(self, frame) -> "TabularPreprocessor":
@@ -297,3 +297,47 @@ def preprocessor_from_dict(data: dict[str, Any]):
     from .. import data as _sources  # noqa: F401  (importing the sources registers their preprocessors)
 
     return PREPROCESSORS[data["kind"]].from_dict(data)
+
+
+class Preprocessing:
+    """Everything fitted on the training split: input preprocessing, class names, target scaling."""
+
+    def __init__(self, inputs: Any, target: str, classes: list | None = None, scaler: TargetScaler | None = None):
+        self.inputs = inputs  # TabularPreprocessor | ImagePreprocessor
+        self.target = target  # "class" | "numeric"
+        self.classes = classes  # original label values, index = class id
+        self.scaler = scaler
+
+    def encode_labels(self, y: np.ndarray, origin: str) -> np.ndarray:
+        if self.target == "numeric":
+            return self.scaler.transform(np.asarray(y, dtype=np.float64)) if self.scaler else y.astype(np.float32)
+        lookup = {_key(c): i for i, c in enumerate(self.classes)}
+        codes = np.array([lookup.get(_key(v), -1) for v in y.tolist()], dtype=np.int64)
+        if (codes < 0).any():
+            unseen = sorted({str(v) for v, c in zip(y.tolist(), codes) if c < 0})[:5]
+            raise DataError(
+                f"{origin}: label(s) {', '.join(unseen)} are out of range: the training labels are "
+                f"{', '.join(map(str, self.classes[:12]))}{'...' if len(self.classes) > 12 else ''}; fix or drop those rows"
+            )
+        return codes
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"inputs": self.inputs.to_dict(), "target": self.target,
+                "classes": None if self.classes is None else [_plain(c) for c in self.classes],
+                "scaler": None if self.scaler is None else {"mean": self.scaler.mean, "std": self.scaler.std}}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Preprocessing":
+        scaler = TargetScaler(**data["scaler"]) if data.get("scaler") else None
+        return cls(preprocessor_from_dict(data["inputs"]), data["target"], data.get("classes"), scaler)
+
+
+def _key(value: Any) -> str:
+    """Labels compare as text so that 1, 1.0, '1' and np.int64(1) are one class."""
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        value = int(value)
+    return str(value)
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value

@@ -101,7 +101,7 @@ class DataBundle:
     def split(self, name: str) -> Split:
         part = getattr(self, name)
         if part is None or len(part) == 0:
-            from ..errors import DataError
+            from ..core.errors import DataError
 
             raise DataError(f"the data has no '{name}' split; set data.val_fraction/test_fraction above 0")
         return part

@@ -7,9 +7,9 @@ from typing import Literal
 
 from pydantic import Field
 
-from .._registry import did_you_mean
-from ..config import DataConfig
-from ..errors import DataError
+from ..core.config import DataConfig
+from ..core.errors import DataError
+from ..core.registry import did_you_mean
 from . import DataSource, register_source, where
 from .spec import RawData
 
@@ -44,7 +44,7 @@ def read_table(path: Path, delimiter: str = ","):
         raise DataError(f"data.path: file not found: {where(path)}; check the path")
     try:
         if path.suffix.lower() in {".parquet", ".pq"}:
-            from ..errors import require
+            from ..core.errors import require
 
             require("pyarrow", "parquet")
             frame = pd.read_parquet(path)

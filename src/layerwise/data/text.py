@@ -39,9 +39,9 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 
-from .._registry import did_you_mean
-from ..config import DataConfig
-from ..errors import DataError, require
+from ..core.config import DataConfig
+from ..core.errors import DataError, require
+from ..core.registry import did_you_mean
 from . import DataSource, register_source, where
 from .preprocess import register_preprocessor
 from .spec import DataBundle, DataSpec, RawData, Split
@@ -276,7 +276,7 @@ def text_blocks(pre: TextPreprocessor, text: str, what: str, advice: str = "lowe
 
 def language_model_bundle(text: str, cfg: TextConfig, origin: str) -> DataBundle:
     """Split the text chronologically by characters, fit the tokenizer on the training part, cut blocks."""
-    from .pipeline import Preprocessing
+    from .preprocess import Preprocessing
 
     if cfg.augment is not None:
         raise DataError("data.augment: augmentation applies to image data only, and this is text; remove it")

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 
-from ..config import DataConfig
-from ..errors import DataError
+from ..core.config import DataConfig
+from ..core.errors import DataError
 from . import DataSource, register_source, where
 from ._generators import mackey_glass, sine_mixture
 from .preprocess import TargetScaler, register_preprocessor
@@ -460,7 +460,7 @@ class TimeSeriesSource(DataSource):
             y = y.reshape(len(starts), -1)  # step-major (N, horizon * T)
             return Split(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(y)))
 
-        from .pipeline import Preprocessing
+        from .preprocess import Preprocessing
 
         spec = DataSpec(kind="sequence", input_shape=(cfg.context, len(columns)), target="numeric",
                         num_targets=cfg.horizon * len(targets),

@@ -13,10 +13,10 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from .._registry import Registry, import_submodules
-from ..config import ModelConfig
+from ..core.config import ModelConfig
+from ..core.errors import ModelError
+from ..core.registry import Registry, import_submodules
 from ..data.spec import DataSpec
-from ..errors import ModelError
 
 __all__ = ["FAMILIES", "LayerwiseModel", "register_family", "build_model", "wrap_module", "describe_family"]
 

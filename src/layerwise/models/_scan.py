@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from ..config import ModelConfig
+from ..core.config import ModelConfig
 from . import LayerwiseModel
 from .layers import SequenceInput, pool_sequence
 

@@ -19,8 +19,8 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from ..config import ModelConfig, Section
-from ..errors import ModelError
+from ..core.config import ModelConfig, Section
+from ..core.errors import ModelError
 from . import LayerwiseModel, register_family
 from .layers import activation
 

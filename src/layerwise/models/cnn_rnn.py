@@ -18,7 +18,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from ..config import ModelConfig
+from ..core.config import ModelConfig
 from . import register_family
 from .recurrent import RecurrentReader
 

@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from ..config import ModelConfig
-from ..errors import ModelError
+from ..core.config import ModelConfig
+from ..core.errors import ModelError
 from . import LayerwiseModel, register_family
 
 __all__ = ["Diffusion", "DiffusionConfig", "MLPDenoiser", "UNet", "make_betas"]
@@ -296,7 +296,7 @@ class Diffusion(LayerwiseModel):
         the input shape). Each step's estimate of x0 is clamped to them and the noise estimate made
         consistent with it (Ho et al.'s ``clip_denoised``). Without it the first steps divide the
         network's error by sqrt(abar_t), about 2e-5 at t = T with the cosine schedule, and a
-        28x28 model's samples blow up to thousands. :func:`layerwise.sampling.sample_run` passes the
+        28x28 model's samples blow up to thousands. :func:`layerwise.tools.generate.sample_run` passes the
         pixel range for image runs.
 
         ``method="ddpm"``: ancestral sampling (Ho et al., Alg. 2; posterior variance), by default over

@@ -16,8 +16,8 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from ..config import ModelConfig
-from ..errors import ModelError
+from ..core.config import ModelConfig
+from ..core.errors import ModelError
 from . import LayerwiseModel, register_family
 from .layers import SequenceInput
 

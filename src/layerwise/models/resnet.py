@@ -8,7 +8,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from ..config import ModelConfig
+from ..core.config import ModelConfig
 from . import LayerwiseModel, register_family
 
 

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from ..config import ModelConfig
+from ..core.config import ModelConfig
 from . import LayerwiseModel, register_family
 from .layers import SequenceInput, pool_sequence
 

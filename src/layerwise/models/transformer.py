@@ -25,8 +25,8 @@ import torch
 from pydantic import Field, model_validator
 from torch import nn
 
-from ..config import ModelConfig
-from ..errors import ModelError
+from ..core.config import ModelConfig
+from ..core.errors import ModelError
 from . import LayerwiseModel, register_family
 from .layers import Block, SequenceInput, attention_maps, pool_sequence
 

@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from ..config import ModelConfig
-from ..errors import ModelError
+from ..core.config import ModelConfig
+from ..core.errors import ModelError
 from . import LayerwiseModel, register_family
 from .autoencoder import Activation, Decoder, Encoder, _check_input, _draw_device
 

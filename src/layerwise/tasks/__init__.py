@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from .._registry import Registry, import_submodules
+from ..core.registry import Registry, import_submodules
 
 if TYPE_CHECKING:
     from ..train.trainer import StepContext

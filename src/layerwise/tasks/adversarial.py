@@ -26,10 +26,10 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from ..errors import ModelError
-from ..evaluate import EvalResult
-from ..report import register_section
+from ..core.errors import ModelError
+from ..core.sections import register_section
 from . import StepOutput, Task, register_task
+from .evaluation import EvalResult
 
 __all__ = ["Adversarial", "AdversarialEvaluator", "gan_losses"]
 
@@ -162,7 +162,7 @@ def gan_section(run) -> tuple[str, str] | None:
     """A grid of generated samples (one row per class for conditional models) and D's metrics."""
     if run.config.task != "adversarial" or run.spec.kind != "image":
         return None
-    from ..report import image_grid_html
+    from ..core.sections import image_grid_html
 
     model = run.model
     classes = run.spec.num_classes if model.config.conditional else 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError
+from ..core.errors import ConfigError
 from . import Task, register_task
 
 
@@ -47,6 +47,6 @@ class Classification(Task):
         return {"label": proba.argmax(1), "proba": proba}
 
     def evaluator(self, eval_cfg):
-        from ..evaluate import ClassificationEvaluator
+        from .evaluation import ClassificationEvaluator
 
         return ClassificationEvaluator(self.spec.num_classes, eval_cfg.auc_thresholds)

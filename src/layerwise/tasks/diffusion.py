@@ -19,10 +19,10 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..errors import ModelError, RunError
-from ..evaluate import EvalResult
-from ..train.callbacks import Callback
+from ..core.callback import Callback
+from ..core.errors import ModelError, RunError
 from . import StepOutput, Task, register_task
+from .evaluation import EvalResult
 
 __all__ = ["EMA", "DiffusionEvaluator", "DiffusionTask"]
 

@@ -18,9 +18,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..errors import ConfigError, RunError
-from ..report import _table, register_section
-from ..train.callbacks import Callback
+from ..core.callback import Callback
+from ..core.errors import ConfigError, RunError
+from ..core.sections import html_table, register_section
 from . import StepOutput, register_task
 from .classification import Classification
 
@@ -115,4 +115,4 @@ def _distillation_section(run):
     text = (f"<p>Hinton et al. (2015): loss = &alpha; T&sup2; KL(teacher&#8214;student) + (1 - &alpha;) CE, "
             f"with T = {info['temperature']:g} and &alpha; = {info['alpha']:g}; teacher "
             f"<code>{html.escape(str(info['teacher']))}</code>; scored on the {html.escape(info['split'])} split.</p>")
-    return "Distillation", text + _table(rows)
+    return "Distillation", text + html_table(rows)

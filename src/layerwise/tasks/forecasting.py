@@ -30,8 +30,8 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from ..evaluate import EvalResult
 from . import Task, register_task
+from .evaluation import EvalResult
 
 __all__ = ["ForecastEvaluator", "Forecasting", "baseline_forecasts"]
 
@@ -148,8 +148,8 @@ def _report_section(run):
     """Test windows (truth, model, naive, seasonal naive) and the model-vs-baselines table."""
     if run.config.task != "forecasting":
         return None
-    from ..errors import LayerwiseError
-    from ..report import _plt, figure_html
+    from ..core.errors import LayerwiseError
+    from ..core.sections import figure_html, pyplot
 
     metrics = run.metrics.get("metrics", {})
     rows = []
@@ -169,7 +169,7 @@ def _report_section(run):
         split = None  # the data moved since training: the table still stands
     if split is None or len(split) == 0:
         return "Forecasts", body
-    plt = _plt()
+    plt = pyplot()
     count = min(4, len(split))
     picks = torch.linspace(0, len(split) - 1, count).round().long()
     x = split.x[picks]
@@ -211,7 +211,7 @@ def _report_section(run):
 
 
 def _register() -> None:
-    from ..report import REPORT_SECTIONS, register_section
+    from ..core.sections import REPORT_SECTIONS, register_section
 
     if "forecasting" not in REPORT_SECTIONS.names():
         register_section("forecasting")(_report_section)

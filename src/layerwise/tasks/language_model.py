@@ -27,39 +27,20 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from ..errors import ModelError
-from ..evaluate import EvalResult
-from ..report import register_section
-from ..train.callbacks import Callback
+from ..core.callback import Callback
+from ..core.errors import ModelError
+from ..core.sections import register_section
+from ..ops.decoding import causal_families, check_causal
 from . import Task, register_task
+from .evaluation import EvalResult
 
-__all__ = ["LanguageModel", "LanguageModelEvaluator", "SampleText", "causal_families"]
+__all__ = ["LanguageModel", "LanguageModelEvaluator", "SampleText"]
 
 LN2 = math.log(2.0)
 SAMPLE_TOKENS_CHAR = 200  # a character model's per-epoch sample: ~200 characters
 SAMPLE_TOKENS_BPE = 60  # a BPE model's: ~200 characters at ~3-4 characters per token
 SAMPLE_TEMPERATURE = 0.8
 SAMPLE_SEED = 0
-
-
-def causal_families() -> list[str]:
-    """The registered families that can be language models: token inputs, ``forward_sequence`` and ``step``."""
-    from ..models import FAMILIES
-
-    return [name for name, cls in FAMILIES.items() if "tokens" in cls.accepts
-            and all(hasattr(cls, attr) for attr in ("forward_sequence", "init_state", "step"))]
-
-
-def check_causal(model: torch.nn.Module, what: str = "task 'language_model'") -> None:
-    """Raise a one-line :class:`ModelError` unless ``model`` can read a sequence left to right."""
-    if not all(hasattr(model, attr) for attr in ("forward_sequence", "init_state", "step")):
-        family = getattr(getattr(model, "config", None), "family", type(model).__name__)
-        raise ModelError(f"model.family: {what} needs a model that reads token by token (forward_sequence and step); "
-                         f"'{family}' has none; use one of: {', '.join(causal_families())}")
-    try:
-        model.init_state(1)  # bidirectional RNNs and encoder transformers refuse to run step by step
-    except ModelError as exc:
-        raise ModelError(f"{exc} ({what} needs a causal model: one that does not see the token it predicts)") from None
 
 
 def _perplexity(nats: float) -> float:
@@ -199,7 +180,7 @@ class SampleText(Callback):
         self.seed = seed
 
     def on_epoch_end(self, trainer, logs):
-        from ..generation import generate_ids, start_ids
+        from ..ops.decoding import generate_ids, start_ids
 
         # its own generator: sampling never moves the training RNG (resumed runs stay exact)
         gen = torch.Generator().manual_seed(self.seed)

@@ -13,10 +13,10 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..errors import ModelError, RunError
-from ..evaluate import EvalResult
-from ..report import register_section
+from ..core.errors import ModelError, RunError
+from ..core.sections import register_section
 from . import StepOutput, Task, register_task
+from .evaluation import EvalResult
 
 __all__ = ["Reconstruction", "ReconstructionEvaluator", "reconstruction_grid"]
 
@@ -103,9 +103,9 @@ class Reconstruction(Task):
 
 def reconstruction_grid(run, originals: torch.Tensor, rebuilt: torch.Tensor, title: str) -> str:
     """Two rows of images, (n, C, H, W) pixels in [0, 1]: inputs above, reconstructions below."""
-    from ..report import _plt, figure_html, show_image
+    from ..core.sections import figure_html, pyplot, show_image
 
-    plt = _plt()
+    plt = pyplot()
     n = originals.shape[0]
     fig, axes = plt.subplots(2, n, figsize=(1.0 * n, 2.2), squeeze=False)
     for row, images in enumerate((originals, rebuilt)):

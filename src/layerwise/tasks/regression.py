@@ -32,6 +32,6 @@ class Regression(Task):
         return {"value": self.preprocessing.scaler.inverse(outputs.float())}
 
     def evaluator(self, eval_cfg):
-        from ..evaluate import RegressionEvaluator
+        from .evaluation import RegressionEvaluator
 
         return RegressionEvaluator(self.spec.num_targets, self.preprocessing.scaler)

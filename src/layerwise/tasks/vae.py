@@ -17,10 +17,10 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..errors import ModelError, RunError
-from ..evaluate import EvalResult
-from ..report import register_section
+from ..core.errors import ModelError, RunError
+from ..core.sections import register_section
 from . import StepOutput, Task, register_task
+from .evaluation import EvalResult
 from .reconstruction import _test_images, reconstruction_grid
 
 __all__ = ["EVAL_SEED", "VAEEvaluator", "VAETask", "importance_weighted_nll", "model_view"]
@@ -173,7 +173,7 @@ def importance_weighted_nll(model, preprocessing, x: torch.Tensor, k: int = 100,
 
 
 def _samples_grid(images: torch.Tensor, cols: int = 10) -> str:
-    from ..report import image_grid_html
+    from ..core.sections import image_grid_html
 
     return image_grid_html(images, cols, "samples from the prior")
 

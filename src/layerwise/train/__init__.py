@@ -1,9 +1,11 @@
 """The training loop, its callbacks, optimizers, schedules and checkpoints."""
 
-from .callbacks import Callback, Checkpoint, EarlyStopping, EpochPrinter, HistoryCSV, ProgressBar
+from ..core.callback import Callback
+from ..core.device import autocast_context, resolve_device
+from .callbacks import Checkpoint, EarlyStopping, EpochPrinter, HistoryCSV, ProgressBar
 from .checkpoint import load_checkpoint, save_checkpoint, seed_everything
 from .optim import OPTIMIZERS, SCHEDULERS
-from .trainer import StepContext, Trainer, autocast_context, resolve_device
+from .trainer import StepContext, Trainer
 
 __all__ = ["Trainer", "StepContext", "Callback", "Checkpoint", "EarlyStopping", "EpochPrinter", "HistoryCSV",
            "ProgressBar", "OPTIMIZERS", "SCHEDULERS", "load_checkpoint", "save_checkpoint", "seed_everything",

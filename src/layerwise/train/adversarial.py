@@ -4,7 +4,7 @@ Attacks"): minimize the loss on the worst inputs within an eps-ball of the train
 ``train.adversarial`` extends the task's ``training_step`` (a mixin): each batch (or a ``ratio`` share of it) is
 replaced by its PGD (or FGSM) version before the task's own step, so the one training loop trains on
 it with its accumulation, clipping, precision and checkpoints unchanged. Attacks run in the same
-:class:`~layerwise.attacks.AttackSpace` as `layerwise attack` (images in pixel units of [0, 1]).
+:class:`~layerwise.ops.attacks.AttackSpace` as `layerwise attack` (images in pixel units of [0, 1]).
 
 >>> task = adversarial_task(task, cfg.train.adversarial, bundle)   # doctest: +SKIP
 """
@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from ..attacks import AttackSpace, attack_batch, pick_samples
-from ..errors import ConfigError
+from ..core.errors import ConfigError
+from ..ops.attacks import AttackSpace, attack_batch, pick_samples
 
 __all__ = ["AdversarialTraining", "adversarial_task"]
 
@@ -56,7 +56,7 @@ class AdversarialTraining:
     """A task mixin: training batches are attacked before the task's own ``training_step``.
 
     Set on a task by :func:`adversarial_task`, with ``adversarial`` (the ``train.adversarial`` config)
-    and ``space`` (the :class:`~layerwise.attacks.AttackSpace`). The history gains
+    and ``space`` (the :class:`~layerwise.ops.attacks.AttackSpace`). The history gains
     ``train_adv_accuracy``: accuracy on the adversarial part of the batches, read off the logits the
     training step computes anyway (``train_accuracy`` is over the mixed batches).
     """

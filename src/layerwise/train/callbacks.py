@@ -16,24 +16,11 @@ from typing import Any
 
 import torch
 
-from .checkpoint import atomic_write, save_checkpoint
+from ..core.callback import Callback
+from ..core.io import atomic_write
+from .checkpoint import save_checkpoint
 
 __all__ = ["Callback", "EarlyStopping", "Checkpoint", "HistoryCSV", "ProgressBar", "EpochPrinter"]
-
-
-class Callback:
-    """Base class: every hook does nothing."""
-
-    def on_fit_start(self, trainer) -> None: ...
-    def on_epoch_start(self, trainer) -> None: ...
-    def on_batch_end(self, trainer, logs: dict[str, Any]) -> None: ...
-    def on_epoch_end(self, trainer, logs: dict[str, Any]) -> None: ...
-    def on_fit_end(self, trainer) -> None: ...
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 class EarlyStopping(Callback):
@@ -55,7 +42,7 @@ class EarlyStopping(Callback):
 
     @classmethod
     def from_config(cls, cfg) -> "EarlyStopping":
-        """From a :class:`~layerwise.config.EarlyStoppingConfig` (``train.early_stopping``)."""
+        """From a :class:`~layerwise.core.config.EarlyStoppingConfig` (``train.early_stopping``)."""
         return cls(cfg.monitor, cfg.patience, cfg.mode, cfg.min_delta, cfg.restore_best)
 
     def _improved(self, value: float) -> bool:
@@ -67,7 +54,7 @@ class EarlyStopping(Callback):
 
     def on_epoch_end(self, trainer, logs):
         if self.monitor not in logs:
-            from ..errors import ConfigError
+            from ..core.errors import ConfigError
 
             raise ConfigError(f"train.early_stopping.monitor: '{self.monitor}' is not logged; "
                               f"choose one of: {', '.join(k for k in logs if k not in ('epoch', 'step'))}")

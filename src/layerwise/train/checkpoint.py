@@ -8,18 +8,17 @@ killed mid-write leaves the previous checkpoint intact. Loading uses ``weights_o
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..errors import RunError
+from ..core.errors import RunError
+from ..core.io import atomic_write
 
-__all__ = ["save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state", "seed_everything", "atomic_write"]
+__all__ = ["save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state", "seed_everything"]
 
 
 def seed_everything(seed: int) -> None:
@@ -56,28 +55,6 @@ def _plain(obj):
     if isinstance(obj, tuple):
         return [_plain(o) for o in obj]
     return obj
-
-
-def atomic_write(path: Path, write, durable: bool = True) -> None:
-    """Call ``write(tmp_path)``, fsync, then rename onto ``path``: readers see old or new, never half.
-
-    The rename alone survives a killed process; ``durable`` (fsync) also survives a power cut, at
-    the price of waiting for the disk: skip it for files that can be rebuilt.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        if durable:
-            with open(tmp, "rb") as fh:
-                os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:

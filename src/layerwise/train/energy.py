@@ -1,6 +1,6 @@
-"""The callback that records a training run's energy and CO2 (see :mod:`layerwise.energy`).
+"""The callback that records a training run's energy and CO2 (see :mod:`layerwise.ops.energy`).
 
-It starts an :class:`~layerwise.energy.EnergyMeter` when fitting starts and stops it when fitting
+It starts an :class:`~layerwise.ops.energy.EnergyMeter` when fitting starts and stops it when fitting
 ends. Its state (the energy of earlier sessions plus this one's so far) travels in every checkpoint,
 so a resumed run reports the sum over all its sessions.
 """
@@ -11,9 +11,9 @@ from typing import Any
 
 import torch
 
-from ..energy import EnergyMeter, describe
-from ..report import register_section
-from .callbacks import Callback
+from ..core.callback import Callback
+from ..core.sections import register_section
+from ..ops.energy import EnergyMeter, describe
 
 __all__ = ["EnergyCallback"]
 

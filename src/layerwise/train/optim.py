@@ -7,7 +7,7 @@ from typing import Callable
 
 import torch
 
-from .._registry import Registry
+from ..core.registry import Registry
 
 __all__ = ["OPTIMIZERS", "SCHEDULERS", "Schedule", "make_optimizer", "make_schedule"]
 

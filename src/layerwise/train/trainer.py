@@ -14,37 +14,15 @@ from typing import Any, Iterable
 
 import torch
 
-from ..errors import TrainingDivergedError
-from .callbacks import Callback
+from ..core.callback import Callback
+from ..core.device import autocast_context, resolve_device  # noqa: F401 - re-exported by train
+from ..core.errors import TrainingDivergedError
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .optim import Schedule, make_optimizer, make_schedule
 
-__all__ = ["Trainer", "StepContext", "resolve_device", "autocast_context"]
+__all__ = ["Trainer", "StepContext"]
 
 LENGTH_DEPENDENT_SCHEDULES = {"onecycle", "cosine", "warmup_cosine"}  # their curve is fixed by the total steps
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """'auto' picks CUDA when present, then Apple's MPS, then the CPU."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        from ..errors import ConfigError
-
-        raise ConfigError("train.device: 'cuda' was asked for but no CUDA device is available; use 'auto' or 'cpu'")
-    return device
-
-
-def autocast_context(device: torch.device, precision: str):
-    """bf16 autocast when asked; a no-op context otherwise (no cost per step in fp32)."""
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 class StepContext:
@@ -70,7 +48,7 @@ class StepContext:
 
 
 class Trainer:
-    """Train a model on a task with a :class:`~layerwise.config.TrainConfig`.
+    """Train a model on a task with a :class:`~layerwise.core.config.TrainConfig`.
 
     >>> trainer = Trainer(model, task, cfg.train, callbacks=[EarlyStopping()])   # doctest: +SKIP
     >>> history = trainer.fit(train_loader, val_loader)                          # doctest: +SKIP
@@ -86,7 +64,7 @@ class Trainer:
         self.device = device or resolve_device(cfg.device)
         self.model.to(self.device)
         if task.manual_optimization and cfg.accumulate > 1:
-            from ..errors import ConfigError
+            from ..core.errors import ConfigError
 
             raise ConfigError(f"train.accumulate: the '{getattr(task, 'name', type(task).__name__)}' task steps its own "
                               f"optimizers, so gradient accumulation does not apply; set train.accumulate: 1")
@@ -177,7 +155,7 @@ class Trainer:
         if self._resume_state is not None:
             planned = self._resume_state.get("total_steps", total_steps)
             if planned != total_steps and cfg.scheduler.name in LENGTH_DEPENDENT_SCHEDULES:
-                from ..errors import ConfigError
+                from ..core.errors import ConfigError
 
                 raise ConfigError(
                     f"train.epochs/max_steps: the '{cfg.scheduler.name}' schedule was planned for {planned} steps and "
@@ -268,7 +246,7 @@ class Trainer:
             logs = {"epoch": self.epoch + 1, "step": self.global_step}
             logs.update({f"train_{k}": v for k, v in running.items()})
             if val_loader is not None:
-                from ..evaluate import evaluate_model
+                from ..tasks.evaluation import evaluate_model
 
                 val = evaluate_model(model, task, val_loader, self.eval_cfg, precision=cfg.precision)
                 logs["val_loss"] = val["loss"]

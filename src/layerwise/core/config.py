@@ -1,0 +1,299 @@
+"""The experiment config: a YAML file validated up front, before any data or device is touched.
+
+Validation runs in two stages (as Ludwig does): the top-level sections first, then each section
+against the schema its registry names — ``data`` against the source's schema, ``model`` against
+the family's. Unknown keys are rejected with a close-match suggestion, and every message names the
+key path, what was expected and what was received.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator
+
+from .errors import ConfigError
+from .registry import did_you_mean
+
+__all__ = [
+    "Section",
+    "DataConfig",
+    "ModelConfig",
+    "AugmentConfig",
+    "SchedulerConfig",
+    "EarlyStoppingConfig",
+    "AdversarialConfig",
+    "TrainConfig",
+    "EvaluateConfig",
+    "ExperimentConfig",
+    "apply_overrides",
+    "parse_override",
+]
+
+
+class Section(BaseModel):
+    """A config section: unknown keys are errors, values are checked on assignment too."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+class AugmentConfig(Section):
+    """On-the-fly image augmentation, applied to training batches only."""
+
+    shift: float = Field(0.0, ge=0, le=0.5, description="max random translation, fraction of the image size")
+    rotation: float = Field(0.0, ge=0, le=180, description="max random rotation in degrees")
+    scale: float = Field(0.0, ge=0, le=0.5, description="max random zoom in or out, fraction")
+    flip: bool = Field(False, description="random horizontal flip (not for digits!)")
+    noise: float = Field(0.0, ge=0, description="std of Gaussian noise added after normalization")
+
+
+class DataConfig(Section):
+    """Keys every data source accepts; each source's schema adds its own (``path``, ``name``...)."""
+
+    source: str = Field("builtin", description="where the data comes from: builtin, csv, parquet, idx, synthetic, "
+                        "image_folder, npz, timeseries, text")
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="share of the training data held out for validation")
+    test_fraction: float = Field(
+        0.2, ge=0, lt=1, description="share held out for testing, when the source has no test split of its own"
+    )
+    split_seed: int = Field(0, description="seed of the stratified train/val/test split")
+    normalize: bool = Field(True, description="standardize inputs with statistics of the training split")
+    augment: AugmentConfig | None = Field(None, description="image augmentation on the fly (off when absent)")
+    sampler: Literal["random", "weighted"] = Field(
+        "random", description="'weighted' draws classes equally often (for imbalanced data)"
+    )
+    limit: int | None = Field(None, ge=1, description="use only the first N training samples (quick trials)")
+
+
+class ModelConfig(Section):
+    """Keys every model family accepts; each family's schema adds its hyperparameters."""
+
+    family: str = Field("cnn", description="the model family, see `layerwise models`")
+
+
+class SchedulerConfig(Section):
+    """A learning-rate schedule; the keys a schedule does not use are ignored by it."""
+
+    name: str = Field("none", description="none, step, cosine, onecycle, warmup_cosine, plateau")
+    step_size: int = Field(10, ge=1, description="step: epochs between decays")
+    gamma: float = Field(0.1, gt=0, description="step: decay factor")
+    warmup_fraction: float = Field(0.05, ge=0, lt=1, description="warmup_cosine: share of steps spent warming up")
+    max_lr: float | None = Field(None, gt=0, description="onecycle: peak learning rate (default: train.lr)")
+    pct_start: float = Field(0.25, gt=0, lt=1, description="onecycle: share of steps spent increasing")
+    min_lr: float = Field(0.0, ge=0, description="cosine, warmup_cosine, plateau: floor of the learning rate")
+    patience: int = Field(3, ge=0, description="plateau: epochs without improvement before a decay")
+    factor: float = Field(0.1, gt=0, lt=1, description="plateau: decay factor")
+    monitor: str = Field("val_loss", description="plateau: the metric watched")
+
+
+class EarlyStoppingConfig(Section):
+    monitor: str = Field("val_loss", description="metric watched, e.g. val_loss or val_accuracy")
+    patience: int = Field(5, ge=0, description="epochs without improvement before stopping")
+    mode: Literal["auto", "min", "max"] = Field("auto", description="auto: max for accuracy-like metrics")
+    min_delta: float = Field(0.0, ge=0, description="smallest change that counts as an improvement")
+    restore_best: bool = Field(True, description="end with the weights of the best epoch")
+
+
+class AdversarialConfig(Section):
+    """Adversarial training (Madry et al. 2018): train on attacked versions of the training batches."""
+
+    method: Literal["pgd", "fgsm"] = Field("pgd", description="the attack that makes the training batches")
+    eps: float = Field(..., gt=0, description="attack strength: images in pixel units of [0, 1], other inputs in "
+                       "training standard deviations")
+    steps: int = Field(10, ge=1, description="pgd: attack steps per batch (and of the final robust accuracy)")
+    step_size: float | None = Field(None, gt=0, description="pgd: step size (default 2.5 * eps / steps)")
+    norm: Literal["linf", "l2"] = Field("linf", description="the norm of the eps-ball")
+    ratio: float = Field(1.0, gt=0, le=1, description="share of each batch replaced by its adversarial version "
+                         "(1: Madry's pure adversarial training, 0.5: half clean, half adversarial)")
+    start_epoch: int = Field(0, ge=0, description="epochs trained on clean batches first (warm-up)")
+    eval_samples: int = Field(500, ge=0, description="test samples attacked with PGD after training for the "
+                              "robust accuracy in metrics.json (0: skip)")
+
+
+class TrainConfig(Section):
+    epochs: int = Field(10, ge=1, description="passes over the training data")
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
+    max_time: float | None = Field(None, gt=0, description="stop after this many seconds of training (a time "
+                                   "budget; validation time does not count)")
+    batch_size: int = Field(64, ge=1, description="samples per optimizer step (before accumulation)")
+    accumulate: int = Field(1, ge=1, description="micro-batches per optimizer step (gradient accumulation)")
+    optimizer: str = Field("adamw", description="sgd, adam, adamw, rmsprop")
+    lr: float = Field(1e-3, gt=0, description="learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="L2 penalty (decoupled for adamw)")
+    momentum: float = Field(0.9, ge=0, lt=1, description="sgd and rmsprop momentum")
+    nesterov: bool = Field(False, description="sgd: Nesterov momentum")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="adam/adamw betas")
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig, description="learning-rate schedule")
+    grad_clip: float | None = Field(None, gt=0, description="clip the gradient norm to this value")
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="classification: label smoothing")
+    class_weight: Literal["balanced"] | list[float] | None = Field(
+        None, description="classification: 'balanced' or one weight per class"
+    )
+    early_stopping: EarlyStoppingConfig | None = Field(None, description="stop when a metric stops improving")
+    adversarial: AdversarialConfig | None = Field(None, description="adversarial training (classification of "
+                                                  "continuous inputs); off when absent")
+    seed: int = Field(0, description="seeds weights, shuffling, dropout and augmentation")
+    device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:N, mps")
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 runs forward passes under autocast")
+    checkpoint_every: int | None = Field(None, ge=1, description="also checkpoint every N steps (mid-epoch)")
+    log_every: int = Field(50, ge=1, description="steps between progress updates and NaN checks")
+    progress: bool = Field(True, description="show a progress bar")
+    energy: Literal["auto", "rapl", "codecarbon", "estimate", "off"] = Field(
+        "auto", description="energy/CO2 accounting: auto (RAPL counters when readable, else a CPU-time estimate), "
+        "rapl, codecarbon (costs ~2 s to start), estimate, off; see docs/energy.md")
+    energy_country: str | None = Field(None, pattern=r"^[A-Za-z]{3}$", description="ISO 3166 alpha-3 country "
+                                       "for the CO2 factor (e.g. FRA); empty: world average 475 g/kWh")
+
+    @field_validator("scheduler", mode="before")
+    @classmethod
+    def _scheduler_name(cls, value: Any) -> Any:
+        if value is None:
+            return {"name": "none"}
+        return {"name": value} if isinstance(value, str) else value
+
+    @field_validator("early_stopping", mode="before")
+    @classmethod
+    def _early_stopping_flag(cls, value: Any) -> Any:
+        if value is True:
+            return {}
+        return None if value is False else value
+
+    @field_validator("energy", mode="before")
+    @classmethod
+    def _energy_flag(cls, value: Any) -> Any:
+        # YAML 1.1 reads a bare `off` as false and `on` as true
+        return {False: "off", True: "auto"}.get(value, value) if isinstance(value, bool) else value
+
+
+class EvaluateConfig(Section):
+    split: Literal["test", "val", "train"] = Field("test", description="split scored after training")
+    batch_size: int = Field(512, ge=1, description="evaluation batch size (memory stays flat)")
+    auc_thresholds: int = Field(
+        200, ge=10, description="score bins for streaming ROC-AUC (constant memory; exact as bins grow)"
+    )
+    misclassified: int = Field(32, ge=0, description="misclassified examples shown in the report")
+    importance_samples: int = Field(
+        100, ge=0, description="vae runs: importance samples K of the NLL bound (Burda et al. 2016) in the "
+                               "final evaluation (0: off)")
+
+
+class ExperimentConfig(Section):
+    """A whole experiment. Build it with :func:`load_config`, which validates every section."""
+
+    name: str = Field("experiment", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="run name prefix")
+    data: SerializeAsAny[DataConfig] = Field(default_factory=DataConfig)
+    model: SerializeAsAny[ModelConfig] = Field(default_factory=ModelConfig)
+    task: str | None = Field(None, description="classification or regression; implied by the data when absent")
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data that :func:`load_config` turns back into an equal config."""
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+# ----------------------------------------------------------------------------------------------
+# validation
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _format_error(exc: ValidationError, prefix: str, schema: type[BaseModel]) -> ConfigError:
+    """One line for the first pydantic error, naming the full key path."""
+    errors = exc.errors()
+    first = errors[0]
+    loc = [str(part) for part in first["loc"] if not str(part).startswith("function-")]
+    # pydantic reports a union's branches in the path ("str", "list[float]"); users never wrote them
+    loc = [p for p in loc if p not in {"str", "int", "float", "bool", "list[float]", "literal['balanced']"}]
+    path = ".".join([prefix, *loc]) if prefix else ".".join(loc)
+    if first["type"] == "extra_forbidden":
+        known = _known_keys(schema, loc[:-1])
+        message = f"{path}: unknown key{did_you_mean(loc[-1], known)}"
+        if known:
+            message += f"; valid keys here: {', '.join(known)}"
+    elif first["type"] == "missing":
+        message = f"{path}: required key is missing"
+    elif first["type"] == "value_error":
+        # a schema's own check (e.g. across fields): its message already says what to do
+        text = first["msg"].removeprefix("Value error, ")
+        message = text if prefix and text.startswith(prefix) else f"{path}: {text}"
+    elif first["type"] == "literal_error" and isinstance(first.get("input"), str):
+        choices = [c.strip(" '") for c in first.get("ctx", {}).get("expected", "").replace(" or ", ",").split(",")]
+        choices = [c for c in choices if c]
+        message = (f"{path}: unknown value {first['input']!r}{did_you_mean(first['input'], choices)}; "
+                   f"choose one of: {', '.join(choices)}")
+    else:
+        message = f"{path}: {first['msg'].rstrip('.')}; received {_describe(first.get('input'))}"
+    if len(errors) > 1:
+        message += f" (and {len(errors) - 1} more error{'s' if len(errors) > 2 else ''})"
+    return ConfigError(message)
+
+
+def _known_keys(schema: type[BaseModel], loc: list[str]) -> list[str]:
+    """The keys a (nested) section accepts, for suggestions."""
+    model: Any = schema
+    for part in loc:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        model = field.annotation
+        for arg in getattr(model, "__args__", ()) or ():  # Optional[Section]
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                model = arg
+    return sorted(getattr(model, "model_fields", {}))
+
+
+def validate_section(schema: type[BaseModel], raw: Any, prefix: str) -> Any:
+    """Validate one section, turning pydantic's report into a one-line :class:`ConfigError`."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{prefix}: expected a mapping of keys to values; received {_describe(raw)}")
+    try:
+        return schema.model_validate(dict(raw))
+    except ValidationError as exc:
+        raise _format_error(exc, prefix, schema) from None
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"train.epochs=3"`` → ``("train.epochs", 3)``; the value is parsed as YAML."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set train.epochs=3")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        parsed = value
+    return key.strip(), parsed
+
+
+def apply_overrides(raw: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Set dotted keys (``train.epochs``, or ``train__epochs`` from Python kwargs) in a raw config."""
+    result = copy.deepcopy(dict(raw))
+    for dotted, value in overrides.items():
+        parts = dotted.replace("__", ".").split(".")
+        node = result
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            # shorthands that stand for a section: `scheduler: cosine`, `early_stopping: true`
+            shorthand = isinstance(child, str) and part == "scheduler" or child is True and part == "early_stopping"
+            if child is None or shorthand:
+                child = {"name": child} if isinstance(child, str) else {}
+                node[part] = child
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {dotted}: '{'.'.join(parts[: i + 1])}' is a value, not a section")
+            node = child
+        if isinstance(value, Mapping) and isinstance(node.get(parts[-1]), Mapping):
+            node[parts[-1]] = {**node[parts[-1]], **value}
+        else:
+            node[parts[-1]] = value
+    return result

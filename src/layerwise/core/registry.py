@@ -1,0 +1,78 @@
+"""One small registry type for every extension point (models, data sources, tasks, optimizers...).
+
+A registry maps a name to an object added with a decorator; looking up an unknown name raises a
+:class:`~layerwise.core.errors.ConfigError` that suggests the closest valid names.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Callable, Generic, Iterator, TypeVar
+
+from .errors import ConfigError
+
+T = TypeVar("T")
+
+
+def did_you_mean(name: str, choices: list[str]) -> str:
+    """A ' (did you mean 'x'?)' suffix for the closest match of ``name``, or ''."""
+    close = difflib.get_close_matches(name, choices, n=2, cutoff=0.6)
+    if not close:
+        return ""
+    return " (did you mean " + " or ".join(f"'{c}'" for c in close) + "?)"
+
+
+def import_submodules(package: str, skip: tuple[str, ...] = ()) -> None:
+    """Import every public module of ``package``: adding a file is enough to register its entries."""
+    import importlib
+    import pkgutil
+
+    pkg = importlib.import_module(package)
+    for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda i: i.name):
+        if not info.name.startswith("_") and info.name not in skip:
+            importlib.import_module(f"{package}.{info.name}")
+
+
+class Registry(Generic[T]):
+    """Names to objects, filled by ``@registry.register("name")``.
+
+    >>> optimizers = Registry("optimizer", key="train.optimizer")
+    >>> @optimizers.register("sgd")
+    ... def make_sgd(params, cfg): ...
+    """
+
+    def __init__(self, kind: str, key: str):
+        self.kind = kind  # what the entries are, for messages: "model family"
+        self.key = key  # the config key that names an entry, for messages: "model.family"
+        self._entries: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        def add(obj: T) -> T:
+            if name in self._entries and self._entries[name] is not obj:
+                raise ValueError(f"{self.kind} '{name}' is registered twice")
+            self._entries[name] = obj
+            return obj
+
+        return add
+
+    def get(self, name: str) -> T:
+        try:
+            return self._entries[name]
+        except KeyError:
+            names = sorted(self._entries)
+            raise ConfigError(
+                f"{self.key}: unknown {self.kind} '{name}'{did_you_mean(str(name), names)}; "
+                f"choose one of: {', '.join(names)}"
+            ) from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._entries))
+
+    def items(self) -> list[tuple[str, T]]:
+        return sorted(self._entries.items())
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)

@@ -1,0 +1,97 @@
+"""k-fold cross-validation: stratified folds, preprocessing refitted inside each fold (no leakage)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from ..core.config import ExperimentConfig
+from ..core.errors import ConfigError
+from ..runs.config import load_config
+
+__all__ = ["cross_validate", "CVResult"]
+
+
+class CVResult(dict):
+    """``{"folds": [metrics...], "mean": {...}, "std": {...}}`` with a printable summary."""
+
+    def summary(self) -> list[tuple[str, float, float]]:
+        return [(k, self["mean"][k], self["std"][k]) for k in self["mean"]]
+
+
+def _take(x, idx: np.ndarray):
+    return x.iloc[idx].reset_index(drop=True) if hasattr(x, "iloc") else x[idx]
+
+
+def cross_validate(config: str | Path | Mapping[str, Any] | ExperimentConfig | None = None, folds: int = 5, *,
+                   overrides=None, quiet: bool = True, out_dir: str | Path | None = None) -> CVResult:
+    """Train ``folds`` models, each scored on the fold it did not see; report mean ± std.
+
+    The source's own test split (if any) is left out: folds are drawn from the training data.
+    Each fold's training part keeps ``data.val_fraction`` aside for validation (early stopping).
+
+    >>> res = cross_validate({"data": {"name": "iris"}, "model": {"family": "mlp"}}, folds=3)  # doctest: +SKIP
+    >>> res["mean"]["accuracy"]                                                                # doctest: +SKIP
+    """
+    from sklearn.model_selection import KFold, StratifiedKFold
+
+    from ..core.device import resolve_device
+    from ..data import SOURCES
+    from ..data.loader import BatchLoader
+    from ..data.pipeline import build_bundle, infer_target
+    from ..runs.run import loaders, prepare_bundle
+    from ..tasks.evaluation import evaluate_model
+    from ..train import EarlyStopping, Trainer
+
+    if folds < 2:
+        raise ConfigError(f"--folds: cross-validation needs at least 2 folds; received {folds}")
+    cfg = load_config(config, overrides)
+    raw = SOURCES.get(cfg.data.source)().read(cfg.data, cfg.task)
+    y = np.asarray(raw.y)
+    target = raw.target or infer_target(y, cfg.task, raw.origin)
+    if target == "class":
+        _, counts = np.unique(y.astype(str), return_counts=True)
+        if counts.min() < folds:
+            raise ConfigError(f"--folds: the smallest class has {counts.min()} samples, fewer than {folds} folds; use fewer folds")
+        splitter = StratifiedKFold(folds, shuffle=True, random_state=cfg.data.split_seed)
+        split_on = y.astype(str)
+    else:
+        splitter = KFold(folds, shuffle=True, random_state=cfg.data.split_seed)
+        split_on = None
+    # each fold's held-out part acts as its test split; no further test share is carved out
+    fold_data_cfg = cfg.data.model_copy(update={"test_fraction": 0.0})
+    results = []
+    for k, (train_idx, test_idx) in enumerate(splitter.split(np.zeros(len(y)), split_on)):
+        fold_raw = replace(raw, x=_take(raw.x, train_idx), y=y[train_idx], x_test=_take(raw.x, test_idx),
+                           y_test=y[test_idx], origin=f"{raw.origin} (fold {k + 1})")
+        bundle = build_bundle(fold_raw, fold_data_cfg, cfg.task)
+        fold_cfg = cfg.model_copy(update={"data": fold_data_cfg})
+        prepared = prepare_bundle(fold_cfg, bundle)
+        device = resolve_device(cfg.train.device)
+        train_loader, val_loader = loaders(bundle, prepared.config, device)
+        trainer = Trainer(prepared.model, prepared.task, prepared.config.train, device=device, eval_cfg=cfg.evaluate,
+                          callbacks=[EarlyStopping.from_config(es)] if (es := cfg.train.early_stopping) else [])
+        trainer.fit(train_loader, val_loader)
+        test_loader = BatchLoader(bundle.test, cfg.evaluate.batch_size, transform=bundle.preprocessor.inputs.batch,
+                                  device=device)
+        metrics = dict(evaluate_model(prepared.model, prepared.task, test_loader, cfg.evaluate))
+        results.append(metrics)
+        if not quiet:
+            shown = ", ".join(f"{m} {v:.4f}" for m, v in metrics.items() if m in ("accuracy", "f1_macro", "rmse", "r2"))
+            print(f"fold {k + 1}/{folds}: {shown}", flush=True)
+    keys = [k for k in results[0] if all(k in r for r in results)]
+    mean = {k: float(np.mean([r[k] for r in results])) for k in keys}
+    std = {k: float(np.std([r[k] for r in results], ddof=1)) for k in keys}
+    result = CVResult(folds=results, mean=mean, std=std, config=cfg.to_dict())
+    if out_dir is not None:
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        path = Path(out_dir) / f"{cfg.name}-cv{folds}-{stamp}"
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "cv.json").write_text(json.dumps(result, indent=2))
+        result["path"] = str(path)
+    return result

@@ -1,0 +1,141 @@
+"""Latent codes of autoencoder and VAE runs: ``layerwise embed`` and the report's "Latent space".
+
+An autoencoder's code is its bottleneck ``encode(x)`` (Hinton & Salakhutdinov 2006); a VAE's is the
+posterior mean ``mu`` of q(z|x) (Kingma & Welling 2014), deterministic so that the same input always
+gets the same code. The report plots the test split's codes in 2-D coloured by class (PCA when the
+latent has more than two dimensions) and decodes codes linearly interpolated between two test
+images: a smooth strip says the decoder fills the space between the codes it was trained on.
+
+Example::
+
+    result = layerwise.load_run("runs/vae").embed("digits.npz", out="codes.csv")
+    result.codes.shape  # (N, latent)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..core.sections import register_section
+from ..runs.tools import tool_function
+from .anomaly import _LabelsAsGiven, check_run
+
+__all__ = ["EmbedResult", "decode_codes", "embed", "encode_codes"]
+
+
+@dataclass
+class EmbedResult:
+    ids: list[str]
+    codes: np.ndarray  # (N, latent)
+    path: Path | None = None
+
+
+def encode_codes(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Normalised inputs (B, *input_shape) -> codes (B, latent): the VAE's mu, the autoencoder's code."""
+    code = model.encode(x)
+    return code[0] if isinstance(code, tuple) else code  # VAE.encode gives (mu, logvar)
+
+
+def decode_codes(run, model: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """Codes (B, latent) -> images in pixels [0, 1] (B, C, H, W)."""
+    decoded = model.decode(z)
+    if hasattr(model, "mean"):  # VAE: mean of p(x|z); bernoulli means are already pixels
+        decoded = model.mean(decoded)
+        if model.likelihood == "bernoulli":
+            return decoded
+    return run.preprocessing.inputs.denormalize_pixels(decoded)
+
+
+@torch.no_grad()
+def _codes(run, x: torch.Tensor) -> np.ndarray:
+    from ..data.loader import BatchLoader
+    from ..data.spec import Split
+
+    model = run.model.cpu().eval()
+    loader = BatchLoader(Split(x, torch.zeros(len(x), dtype=torch.long)), run.config.evaluate.batch_size,
+                         transform=run.preprocessing.inputs.batch, device=torch.device("cpu"))
+    parts = [encode_codes(model, xb).float() for xb, _ in loader]
+    return torch.cat(parts).numpy() if parts else np.zeros((0, 0), dtype=np.float32)
+
+
+@tool_function
+def embed(run, source: Any, out: str | Path | None = None) -> EmbedResult:
+    """Latent codes (N, latent) for inputs in any form ``predict`` reads; ``out`` writes a CSV
+    (id, z0, z1, ...)."""
+    check_run(run, "embed")
+    from ..data.inputs import read_inputs
+
+    inputs = read_inputs(source, _LabelsAsGiven(run))
+    result = EmbedResult(inputs.ids, _codes(run, inputs.split.x))
+    if out is not None:
+        import pandas as pd
+
+        from ..core.io import atomic_write
+
+        frame = pd.DataFrame(result.codes, columns=[f"z{j}" for j in range(result.codes.shape[1])])
+        frame.insert(0, "id", inputs.ids)
+        result.path = Path(out)
+        atomic_write(result.path, lambda tmp: frame.to_csv(tmp, index=False))
+    return result
+
+
+def _scatter(codes: np.ndarray, labels: np.ndarray, class_names: list[str]) -> str:
+    from ..core.sections import figure_html, pyplot
+
+    if codes.shape[1] > 2:
+        from sklearn.decomposition import PCA
+
+        view, axes_names = PCA(n_components=2, random_state=0).fit_transform(codes), ("PC 1", "PC 2")
+    elif codes.shape[1] == 2:
+        view, axes_names = codes, ("z0", "z1")
+    else:  # a 1-D latent: spread the classes along the y axis so the points do not overlap
+        view, axes_names = np.stack([codes[:, 0], labels.astype(float)], 1), ("z0", "class")
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    cmap = plt.get_cmap("tab10" if len(class_names) <= 10 else "tab20")
+    for k, name in enumerate(class_names):
+        mask = labels == k
+        if mask.any():
+            ax.scatter(view[mask, 0], view[mask, 1], s=8, color=cmap(k % cmap.N), label=str(name), alpha=0.8)
+    ax.set_xlabel(axes_names[0])
+    ax.set_ylabel(axes_names[1])
+    ax.legend(fontsize=7, markerscale=1.5, loc="best", ncol=2 if len(class_names) > 6 else 1)
+    return figure_html(fig, "test codes in 2-D, coloured by class")
+
+
+def _strip(images: torch.Tensor) -> str:
+    from ..core.sections import image_grid_html
+
+    return image_grid_html(images, len(images), "latent interpolation between two test images")
+
+
+@register_section("latent_space")
+def _latent_section(run):
+    if run.config.task not in ("reconstruction", "vae"):
+        return None
+    split = getattr(run.data, run.metrics.get("split", "test"), None)
+    if split is None or len(split) < 2:
+        return None
+    x, y = split.x[:1000], split.y[:1000].numpy()  # a thousand points read well and keep the report quick
+    codes = _codes(run, x)
+    kind = "VAE posterior means" if run.config.task == "vae" else "bottleneck"
+    pca = ", first two principal components" if codes.shape[1] > 2 else ""
+    parts = [f"<p>Codes of {len(codes)} test inputs ({kind}, {codes.shape[1]} dimensions{pca}).</p>"]
+    labelled = y.ndim == 1 and (y >= 0).all() and run.spec.class_names
+    if labelled:
+        parts.append(_scatter(codes, y, list(run.spec.class_names)))
+    if run.spec.kind == "image":
+        # endpoints: the first test image and the first one of another class, so the strip morphs
+        other = int(np.nonzero(y != y[0])[0][0]) if labelled and (y != y[0]).any() else 1
+        a, b = torch.from_numpy(codes[0]), torch.from_numpy(codes[other])
+        steps = torch.linspace(0, 1, 10)[:, None]  # (10, 1)
+        with torch.no_grad():
+            images = decode_codes(run, run.model.cpu().eval(), (1 - steps) * a + steps * b)
+        parts.append("<p>Decoded codes on the straight line between two test images (left to right).</p>")
+        parts.append(_strip(images))
+    return "Latent space", "\n".join(parts)
