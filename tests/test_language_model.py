@@ -273,3 +273,25 @@ def test_generate_from_a_classification_run_is_one_line(tmp_path):
                            "train": quick_train(epochs=1)}, runs_dir=tmp_path / "runs", quiet=True)
     code, _, err = cli("generate", run.path, "--tokens", 5, cwd=tmp_path)
     assert_one_line_error(code, err, "classification run cannot generate", "language_model")
+
+
+# -- settings a task implies --------------------------------------------------------------------------
+
+
+def test_a_language_model_transformer_needs_only_its_family(tmp_path):
+    """`task: language_model` + `model: {family: transformer}`: the task makes the transformer causal
+    (and pools nothing) unless the user said otherwise; the resolved config records it."""
+    import layerwise
+
+    (tmp_path / "poem.txt").write_text(TEXT)
+    cfg = {"data": {"source": "text", "path": str(tmp_path / "poem.txt"), "block_size": 16},
+           "task": "language_model", "model": {"family": "transformer"},
+           "train": quick_train(epochs=1, max_steps=2)}
+    run = layerwise.train(cfg, runs_dir=tmp_path / "runs", quiet=True)
+    assert run.config.model.causal is True and run.config.model.pooling == "last"
+    assert "perplexity" in run.metrics["metrics"]
+    assert len(run.generate("From", tokens=5)) > len("From")  # step by step through the KV cache
+    # an explicit contrary value is kept, and refused in one line that names the setting
+    cfg["model"] = {"family": "transformer", "causal": False}
+    with pytest.raises(ModelError, match="causal"):
+        layerwise.train(cfg, runs_dir=tmp_path / "bad", quiet=True)

@@ -264,6 +264,18 @@ def validate_section(schema: type[BaseModel], raw: Any, prefix: str) -> Any:
         raise _format_error(exc, prefix, schema) from None
 
 
+def with_defaults(section: BaseModel, defaults: Mapping[str, Any], prefix: str) -> BaseModel:
+    """``section`` with ``defaults`` for the fields it has and the user did not set, validated again.
+
+    >>> with_defaults(model_cfg, {"causal": True, "pooling": "last"}, "model")  # doctest: +SKIP
+    """
+    implied = {k: v for k, v in defaults.items() if k in type(section).model_fields and k not in section.model_fields_set}
+    if not implied:
+        return section
+    explicit = section.model_dump(include=section.model_fields_set)
+    return validate_section(type(section), {**implied, **explicit}, prefix)
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """``"train.epochs=3"`` → ``("train.epochs", 3)``; the value is parsed as YAML."""
     key, sep, value = text.partition("=")

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..core import __version__
-from ..core.config import ExperimentConfig
+from ..core.config import ExperimentConfig, with_defaults
 from ..core.device import resolve_device
 from ..core.errors import ConfigError, LayerwiseError, RunError
 from ..core.io import atomic_write
@@ -61,7 +61,8 @@ def prepare_bundle(config: ExperimentConfig, bundle: DataBundle, model: torch.nn
     if task_cls.target is not None and task_cls.target != bundle.spec.target:
         raise ConfigError(f"task: '{task_name}' needs a {task_cls.target} target, but {config.data.source} data "
                           f"gives a {bundle.spec.target} target; change task or the data")
-    config = config.model_copy(update={"task": task_name})
+    config = config.model_copy(update={"task": task_name,
+                                       "model": with_defaults(config.model, task_cls.model_defaults, "model")})
     task = task_cls(bundle.spec, config.train, bundle.preprocessor, bundle.train.y)
     seed_everything(config.train.seed)  # weights do not depend on how much randomness loading used
     net = wrap_module(model, bundle.spec) if model is not None else build_model(config.model, bundle.spec)

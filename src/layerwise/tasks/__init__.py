@@ -53,6 +53,10 @@ class Task:
     manual_optimization: ClassVar[bool] = False
     main_metric: ClassVar[str] = "loss"  # shown beside the loss in progress and history
     greater_is_better: ClassVar[dict[str, bool]] = {}
+    # model settings this task implies, for every family whose config has the key, applied when the
+    # user did not set it (a language model's transformer is causal); an explicit contrary value stays
+    # and the task's check_model says why it cannot work
+    model_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, spec, train_cfg, preprocessing, train_labels: torch.Tensor | None = None):
         self.spec = spec

@@ -95,6 +95,9 @@ class LanguageModel(Task):
 
     target = "token"
     main_metric = "perplexity"
+    # every position predicts its next token, so nothing is pooled; "last" keeps an encoder's CLS
+    # token (which a causal model cannot use) out of the way
+    model_defaults: ClassVar[dict[str, Any]] = {"causal": True, "pooling": "last"}
     greater_is_better: ClassVar[dict[str, bool]] = {"accuracy": True}
 
     def __init__(self, spec, train_cfg, preprocessing, train_labels=None):
