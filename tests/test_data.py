@@ -160,6 +160,50 @@ def test_csv_embedding_encoding_trains_an_mlp(make_csv, tmp_path):
     assert preds["proba"].shape == (80, 2)
 
 
+def _states_table(path, rows: int = 600, seed: int = 0):
+    """A table with 51 US-state-like levels (too many to one-hot), 3 colours and a row id."""
+    rng = np.random.default_rng(seed)
+    states = [f"state_{i:02d}" for i in range(51)]
+    state = rng.integers(0, 51, rows)
+    a = rng.normal(size=rows)
+    frame = pd.DataFrame({"a": a, "state": [states[i] for i in state],
+                          "color": rng.choice(["red", "green", "blue"], rows),
+                          "id": [f"row-{i:05d}" for i in range(rows)],
+                          "target": ((state % 2 == 0) ^ (a > 1.0)).astype(int)})  # the state's parity matters
+    frame.to_csv(path, index=False)
+    return path
+
+
+def test_categorical_columns_pick_their_encoding_by_cardinality(tmp_path):
+    path = _states_table(tmp_path / "states.csv")
+    data = {"source": "csv", "path": str(path), "target": "target", "drop": ["id"]}
+    bundle = bundle_of(data)
+    pre = bundle.preprocessor.inputs
+    assert pre.encoding_of("state") == "embedding" and pre.encoding_of("color") == "onehot"
+    # a, state (one integer code), then color's 3 levels + <other>: the embedded slot sits in the middle
+    assert bundle.spec.feature_names[:2] == ["a", "state"] and len(bundle.spec.feature_names) == 6
+    assert bundle.spec.categorical == [(1, 52)]  # 51 states + the unknown level
+
+    run = layerwise.train({"data": data, "model": tiny_mlp(), "train": quick_train(epochs=8, lr=0.01)},
+                          runs_dir=tmp_path / "runs", quiet=True)
+    embeddings = [m for m in run.model.modules() if isinstance(m, torch.nn.Embedding)]
+    assert [e.num_embeddings for e in embeddings] == [52]
+    assert run.evaluate()["accuracy"] > 0.75  # the parity of the state is learnt through its embedding
+    again = layerwise.load_run(run.path)  # the per-column encodings travel with the run
+    assert again.preprocessing.inputs.encoding_of("state") == "embedding"
+    assert again.predict(path)["proba"].shape == (600, 2)
+
+
+def test_an_identifier_column_is_refused_and_onehot_still_refuses_many_levels(tmp_path):
+    path = _states_table(tmp_path / "states.csv")
+    # 432 rows: the training split of 600 (the encodings are fitted on the training split only)
+    with pytest.raises(DataError, match=r"column 'id' looks like an identifier \(432 distinct values in 432 rows\).*data.drop"):
+        bundle_of({"source": "csv", "path": str(path), "target": "target"})
+    with pytest.raises(DataError, match="'state' has 51 distinct text values, too many to one-hot encode"):
+        bundle_of({"source": "csv", "path": str(path), "target": "target", "drop": ["id"],
+                   "categorical_encoding": "onehot"})
+
+
 def test_regression_csv_with_several_targets(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(60, 3))

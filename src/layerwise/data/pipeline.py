@@ -231,6 +231,6 @@ def _fit_tabular(frame, train_idx: np.ndarray, cfg: Any, origin: str) -> Tabular
             numeric.append(col)
         else:
             categorical.append(col)
-    pre = TabularPreprocessor(numeric, categorical, getattr(cfg, "categorical_encoding", "onehot"),
+    pre = TabularPreprocessor(numeric, categorical, getattr(cfg, "categorical_encoding", "auto"),
                               getattr(cfg, "impute", "mean"), cfg.normalize, origin)
     return pre.fit(frame.iloc[train_idx])

@@ -37,6 +37,7 @@ def register_preprocessor(kind: str):
     return add
 
 MAX_ONEHOT_LEVELS = 50  # beyond this a one-hot column would dwarf the rest: use embeddings
+IDENTIFIER_SHARE = 0.9  # a column with a distinct value in 90% of its rows identifies rows, it describes nothing
 
 
 def numeric_or_junk(column, name: str, origin: str):
@@ -66,7 +67,7 @@ def numeric_or_junk(column, name: str, origin: str):
 class TabularPreprocessor:
     """Impute, standardize and encode a DataFrame's columns (numeric and categorical)."""
 
-    def __init__(self, numeric: list[str], categorical: list[str], encoding: str = "onehot",
+    def __init__(self, numeric: list[str], categorical: list[str], encoding: str = "auto",
                  impute: str = "mean", normalize: bool = True, origin: str = "data"):
         self.numeric = numeric
         self.categorical = categorical
@@ -78,6 +79,7 @@ class TabularPreprocessor:
         self.mean_: dict[str, float] = {}
         self.std_: dict[str, float] = {}
         self.levels_: dict[str, list[str]] = {}
+        self.encodings_: dict[str, str] = {}  # per categorical column: "onehot" or "embedding"
         # numeric columns holding only whole numbers, with their training range: generated rows
         # (layerwise.tools.generate) come back as integers within it, like the original column
         self.integer_: dict[str, list[float]] = {}
@@ -97,13 +99,30 @@ class TabularPreprocessor:
             if np.all(finite == np.round(finite)):
                 self.integer_[col] = [float(finite.min()), float(finite.max())]
         for col in self.categorical:
-            levels = sorted({str(v) for v in frame[col].dropna()})
-            if self.encoding == "onehot" and len(levels) > MAX_ONEHOT_LEVELS:
-                raise DataError(
-                    f"{self.origin}: column '{col}' has {len(levels)} distinct text values, too many to one-hot encode; "
-                    f"add it to data.drop if it is an identifier, or set data.categorical_encoding: embedding")
+            present = frame[col].dropna()
+            levels = sorted({str(v) for v in present})
             self.levels_[col] = levels
+            self.encodings_[col] = self._encoding_for(col, len(levels), len(present))
         return self
+
+    def _encoding_for(self, col: str, levels: int, rows: int) -> str:
+        """One-hot for a few levels, an embedding for many (``auto``); an identifier is refused."""
+        if self.encoding == "embedding" or levels <= MAX_ONEHOT_LEVELS:
+            return "embedding" if self.encoding == "embedding" else "onehot"
+        if self.encoding == "onehot":
+            raise DataError(
+                f"{self.origin}: column '{col}' has {levels} distinct text values, too many to one-hot encode; "
+                f"add it to data.drop if it is an identifier, or set data.categorical_encoding: auto (or embedding)")
+        if levels >= IDENTIFIER_SHARE * rows:
+            raise DataError(
+                f"{self.origin}: column '{col}' looks like an identifier ({levels} distinct values in {rows} rows): "
+                f"nothing learnt from it carries over to new rows; add it to data.drop, or set "
+                f"data.categorical_encoding: embedding to embed it anyway")
+        return "embedding"
+
+    def encoding_of(self, col: str) -> str:
+        """How the categorical column ``col`` is encoded: ``onehot`` or ``embedding``."""
+        return self.encodings_[col]
 
     def _numeric(self, frame, col: str, origin: str | None = None) -> np.ndarray:
         import pandas as pd
@@ -123,7 +142,7 @@ class TabularPreprocessor:
     def feature_names(self) -> list[str]:
         names = list(self.numeric)
         for col in self.categorical:
-            if self.encoding == "onehot":
+            if self.encoding_of(col) == "onehot":
                 names += [f"{col}={level}" for level in self.levels_[col]] + [f"{col}=<other>"]
             else:
                 names.append(col)
@@ -132,10 +151,15 @@ class TabularPreprocessor:
     @property
     def categorical_slots(self) -> list[tuple[int, int]]:
         """(column position, cardinality incl. the unknown level) of embedding-encoded columns."""
-        if self.encoding != "embedding":
-            return []
-        start = len(self.numeric)
-        return [(start + i, len(self.levels_[c]) + 1) for i, c in enumerate(self.categorical)]
+        slots, position = [], len(self.numeric)
+        for col in self.categorical:
+            cardinality = len(self.levels_[col]) + 1
+            if self.encoding_of(col) == "embedding":
+                slots.append((position, cardinality))
+                position += 1
+            else:
+                position += cardinality
+        return slots
 
     def transform(self, frame, origin: str | None = None) -> np.ndarray:
         """Encode a frame; ``origin`` names it in messages (default: the data fitted on)."""
@@ -153,7 +177,7 @@ class TabularPreprocessor:
             # unseen and missing values go to one extra level, so new data never crashes
             codes = np.array([lookup.get(str(v), len(levels)) if v == v and v is not None else len(levels)
                               for v in frame[col].tolist()])
-            if self.encoding == "onehot":
+            if self.encoding_of(col) == "onehot":
                 blocks.append(np.eye(len(levels) + 1)[codes])
             else:
                 blocks.append(codes[:, None].astype(np.float64))
@@ -165,13 +189,15 @@ class TabularPreprocessor:
         return {"kind": "tabular", "numeric": self.numeric, "categorical": self.categorical,
                 "encoding": self.encoding, "impute": self.impute, "normalize": self.normalize,
                 "fill": self.fill_, "mean": self.mean_, "std": self.std_, "levels": self.levels_,
-                "integer": self.integer_}
+                "encodings": self.encodings_, "integer": self.integer_}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TabularPreprocessor":
         pre = cls(data["numeric"], data["categorical"], data["encoding"], data["impute"], data["normalize"])
         pre.fill_, pre.mean_, pre.std_, pre.levels_ = data["fill"], data["mean"], data["std"], data["levels"]
         pre.integer_ = data.get("integer", {})  # absent in runs saved before it was recorded
+        # runs saved before per-column encodings used one encoding for every categorical column
+        pre.encodings_ = data.get("encodings") or {col: data["encoding"] for col in data["categorical"]}
         return pre
 
     def batch(self, x: torch.Tensor, train: bool = False, seed: int | None = None) -> torch.Tensor:

@@ -20,8 +20,9 @@ class TableConfig(DataConfig):
     features: list[str] | None = Field(None, description="feature columns to use (default: all but the target)")
     drop: list[str] = Field(default_factory=list, description="columns to ignore, e.g. ids")
     categorical_columns: list[str] | None = Field(None, description="force these columns to be categorical")
-    categorical_encoding: Literal["onehot", "embedding"] = Field(
-        "onehot", description="one-hot columns, or integer codes for an embedding layer"
+    categorical_encoding: Literal["auto", "onehot", "embedding"] = Field(
+        "auto", description="auto: one-hot up to 50 levels, an embedding layer beyond (identifiers are refused); "
+                            "onehot or embedding: every categorical column"
     )
     impute: Literal["mean", "median"] = Field("mean", description="fill for missing numeric values")
 

@@ -72,7 +72,7 @@ def _draw_device(x: torch.Tensor, generator: torch.Generator | None) -> torch.de
 def _check_input(family: str, architecture: str, spec) -> None:
     if spec.categorical:
         raise ModelError(f"model.family: '{family}' reconstructs numeric inputs; embedded categorical columns cannot "
-                         f"be reconstructed; set data.encoding: onehot")
+                         f"be reconstructed; set data.categorical_encoding: onehot")
     if architecture == "conv" and spec.kind != "image":
         raise ModelError(f"model.architecture: 'conv' needs image inputs, the data gives {spec.kind}; "
                          f"use architecture: dense")

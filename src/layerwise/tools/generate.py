@@ -77,7 +77,7 @@ class Samples:
         pos = len(pre.numeric)
         for col in pre.categorical:
             levels = pre.levels_[col]
-            if pre.encoding == "onehot":
+            if pre.encoding_of(col) == "onehot":
                 # the block has one slot per level plus "<other>"; the training set never fills
                 # <other>, so the most likely *known* level is the sample's category
                 codes = enc[:, pos:pos + len(levels)].argmax(1)

@@ -37,7 +37,7 @@ def columns(run) -> tuple[list[str], torch.Tensor]:
     names = list(pre.numeric) + list(pre.categorical)
     ids = list(range(len(pre.numeric)))
     for i, col in enumerate(pre.categorical):
-        width = len(pre.levels_[col]) + 1 if pre.encoding == "onehot" else 1  # + the unknown level
+        width = len(pre.levels_[col]) + 1 if pre.encoding_of(col) == "onehot" else 1  # + the unknown level
         ids += [len(pre.numeric) + i] * width
     return names, torch.tensor(ids, dtype=torch.long)
 
@@ -54,7 +54,7 @@ def _values(run, x: torch.Tensor, names: list[str], ids: torch.Tensor) -> list[l
                 row.append(f"{cells[0] * pre.std_[name] + pre.mean_[name]:.4g}")
             else:
                 levels = pre.levels_[name] + ["<other>"]
-                code = int(np.argmax(cells)) if pre.encoding == "onehot" else round(float(cells[0]))
+                code = int(np.argmax(cells)) if pre.encoding_of(name) == "onehot" else round(float(cells[0]))
                 row.append(levels[code] if 0 <= code < len(levels) else "<other>")
         rows.append(row)
     return rows
