@@ -9,9 +9,10 @@
 from __future__ import annotations
 
 from .core import __version__  # noqa: E402
-from .core.config import ExperimentConfig  # noqa: E402
+from .core.config import DataConfig, ExperimentConfig, ModelConfig  # noqa: E402
 from .runs.config import load_config  # noqa: E402
-from .core.errors import ConfigError, DataError, LayerwiseError, ModelError, RunError, TrainingDivergedError  # noqa: E402
+from .core.errors import (ConfigError, DataError, LayerwiseError, ModelError, PluginError, RunError,  # noqa: E402
+                          TrainingDivergedError)
 from .models import FAMILIES, LayerwiseModel, register_family  # noqa: E402
 from .data import SOURCES, DataSource, register_source  # noqa: E402
 from .tasks import TASKS, Task, register_task  # noqa: E402
@@ -22,7 +23,8 @@ from .tools.distill import distill  # noqa: E402
 
 __all__ = [
     "__version__", "train", "load_run", "Run", "cross_validate", "load_config", "ExperimentConfig",
-    "LayerwiseError", "ConfigError", "DataError", "ModelError", "RunError", "TrainingDivergedError",
+    "LayerwiseError", "ConfigError", "DataError", "ModelError", "RunError", "TrainingDivergedError", "PluginError",
+    "ModelConfig", "DataConfig",
     "FAMILIES", "LayerwiseModel", "register_family", "SOURCES", "DataSource", "register_source",
     "TASKS", "Task", "register_task", "distill",
 ]

@@ -16,6 +16,7 @@ __all__ = [
     "RunError",
     "TrainingDivergedError",
     "MissingExtraError",
+    "PluginError",
 ]
 
 
@@ -45,6 +46,10 @@ class TrainingDivergedError(LayerwiseError, FloatingPointError):
 
 class MissingExtraError(LayerwiseError, ImportError):
     """An optional dependency is not installed; the message names the extra to install."""
+
+
+class PluginError(LayerwiseError, ImportError):
+    """An installed plugin package (entry-point group ``layerwise.plugins``) failed to load."""
 
 
 def require(module: str, extra: str):

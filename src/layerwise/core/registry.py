@@ -2,6 +2,13 @@
 
 A registry maps a name to an object added with a decorator; looking up an unknown name raises a
 :class:`~layerwise.core.errors.ConfigError` that suggests the closest valid names.
+
+Entries can also come from other installed packages: a package that declares an entry point in the
+group ``layerwise.plugins`` (``[project.entry-points."layerwise.plugins"] my_plugin = "my_package"``)
+has that module imported the first time any registry is listed or asked for a name it does not
+hold, and the module registers its families, sources, tasks... with the same decorators as
+layerwise's own files. Nothing is imported at ``import layerwise``: a broken plugin cannot slow it
+down or break it, only the lookup that needed plugins, with a one-line :class:`PluginError`.
 """
 
 from __future__ import annotations
@@ -9,9 +16,31 @@ from __future__ import annotations
 import difflib
 from typing import Callable, Generic, Iterator, TypeVar
 
-from .errors import ConfigError
+from .errors import ConfigError, PluginError
 
 T = TypeVar("T")
+
+PLUGIN_GROUP = "layerwise.plugins"
+_plugins_loaded = False
+
+
+def load_plugins() -> list[str]:
+    """Import the module of every ``layerwise.plugins`` entry point, once per process; returns their names."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return []
+    _plugins_loaded = True  # first: a plugin that looks a name up while it loads must not recurse
+    from importlib.metadata import entry_points
+
+    loaded = []
+    for point in entry_points(group=PLUGIN_GROUP):
+        try:
+            point.load()
+        except Exception as exc:  # noqa: BLE001 - whatever a third-party module raises, say which plugin
+            raise PluginError(f"plugin '{point.name}' ({point.value}, entry-point group {PLUGIN_GROUP}) failed to "
+                              f"load: {type(exc).__name__}: {exc}; fix or uninstall the package that provides it") from exc
+        loaded.append(point.name)
+    return loaded
 
 
 def did_you_mean(name: str, choices: list[str]) -> str:
@@ -56,6 +85,8 @@ class Registry(Generic[T]):
         return add
 
     def get(self, name: str) -> T:
+        if name not in self._entries:
+            load_plugins()
         try:
             return self._entries[name]
         except KeyError:
@@ -66,13 +97,16 @@ class Registry(Generic[T]):
             ) from None
 
     def __contains__(self, name: object) -> bool:
+        """Whether ``name`` is registered so far (plugins not loaded: modules ask this while importing)."""
         return name in self._entries
 
     def __iter__(self) -> Iterator[str]:
-        return iter(sorted(self._entries))
+        return iter(self.names())
 
     def items(self) -> list[tuple[str, T]]:
+        load_plugins()
         return sorted(self._entries.items())
 
     def names(self) -> list[str]:
+        load_plugins()
         return sorted(self._entries)

@@ -213,7 +213,7 @@ def _report_section(run):
 def _register() -> None:
     from ..core.sections import REPORT_SECTIONS, register_section
 
-    if "forecasting" not in REPORT_SECTIONS.names():
+    if "forecasting" not in REPORT_SECTIONS:
         register_section("forecasting")(_report_section)
 
 
