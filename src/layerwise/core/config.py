@@ -9,7 +9,6 @@ key path, what was expected and what was received.
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 from typing import Any, Literal, Mapping
 
 import yaml

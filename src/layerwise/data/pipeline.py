@@ -15,7 +15,6 @@ from .preprocess import (
     TargetScaler,
     _key,
     numeric_or_junk,
-    preprocessor_from_dict,
 )
 from .spec import DataBundle, DataSpec, RawData, Split
 

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..core.errors import ConfigError, RunError
+from ..core.errors import ConfigError
 
 __all__ = ["METHODS", "NORMS", "AttackSpace", "attack_batch", "fgsm", "pgd", "pick_samples"]
 

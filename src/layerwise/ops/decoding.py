@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from ..core.errors import ConfigError, ModelError
+from ..core.errors import ModelError
 from ..models import FAMILIES
 
 __all__ = ["causal_families", "check_causal", "generate_ids", "sample_next", "start_ids"]

@@ -28,9 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from ..core.callback import Callback
-from ..core.errors import ModelError
 from ..core.sections import register_section
-from ..ops.decoding import causal_families, check_causal
+from ..ops.decoding import check_causal
 from . import Task, register_task
 from .evaluation import EvalResult
 

@@ -18,7 +18,7 @@ import torch
 
 from ..core.errors import ConfigError, RunError
 from ..core.sections import register_section
-from ..ops.attacks import METHODS, NORMS, AttackSpace, _check, attack_batch, pick_samples
+from ..ops.attacks import METHODS, AttackSpace, _check, attack_batch, pick_samples
 from ..runs.tools import tool_function
 
 __all__ = ["AttackResult", "attack_run", "robustness_section"]

@@ -7,7 +7,6 @@ guard, resumable state and seeding; tasks own their losses and steps.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from pathlib import Path
 from typing import Any, Iterable
