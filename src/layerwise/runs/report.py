@@ -1,8 +1,9 @@
 """A self-contained HTML report of a run: metrics, curves, confusion matrix, misclassified examples.
 
 Figures are drawn with matplotlib and embedded as base64 PNGs, so the file can be mailed or
-archived on its own. Later features add sections through ``REPORT_SECTIONS`` without editing this
-module: a section is a function ``(run) -> (title, html) | None``.
+archived on its own. Every other section (explanations, robustness, samples, energy...) registers
+itself in ``core.sections.REPORT_SECTIONS`` from its own module, whatever its layer, and is rendered
+here in the order of their names: a section is a function ``(run) -> (title, html) | None``.
 """
 
 from __future__ import annotations
