@@ -5,6 +5,7 @@ folder put on the subprocesses' path), and layerwise runs as a real CLI subproce
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,9 +17,12 @@ PLUGIN = Path(__file__).parent / "plugins" / "layerwise_toy"
 
 
 def _install(package: Path, target: Path) -> None:
-    """pip-install ``package`` into ``target`` (no dependencies: layerwise and torch are already there)."""
+    """pip-install ``package`` into ``target`` (no dependencies: layerwise and torch are already there),
+    building from a copy: setuptools leaves build/ and .egg-info/ beside the sources."""
+    source = target.parent / f"{package.name}-source"
+    shutil.copytree(package, source)
     done = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                           "--disable-pip-version-check", "--target", str(target), str(package)],
+                           "--disable-pip-version-check", "--target", str(target), str(source)],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
 
@@ -33,7 +37,7 @@ def _cli(*args, cwd: Path, site: Path | None) -> tuple[int, str, str]:
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Path:
-    target = tmp_path_factory.mktemp("site")
+    target = tmp_path_factory.mktemp("plugin") / "site"
     _install(PLUGIN, target)
     return target
 
