@@ -17,8 +17,8 @@ import torch.nn.functional as F
 
 from ..core.errors import DataError
 
-__all__ = ["Preprocessing", "TabularPreprocessor", "ImagePreprocessor", "TargetScaler", "preprocessor_from_dict", "numeric_or_junk",
-           "register_preprocessor"]
+__all__ = ["Preprocessing", "TabularPreprocessor", "ImagePreprocessor", "TargetScaler", "preprocessor_from_dict",
+           "numeric_or_junk", "register_preprocessor"]
 
 PREPROCESSORS: dict[str, type] = {}  # kind -> class with to_dict/from_dict/batch
 
@@ -107,8 +107,10 @@ class TabularPreprocessor:
 
     def _encoding_for(self, col: str, levels: int, rows: int) -> str:
         """One-hot for a few levels, an embedding for many (``auto``); an identifier is refused."""
-        if self.encoding == "embedding" or levels <= MAX_ONEHOT_LEVELS:
-            return "embedding" if self.encoding == "embedding" else "onehot"
+        if self.encoding == "embedding":
+            return "embedding"
+        if levels <= MAX_ONEHOT_LEVELS:
+            return "onehot"
         if self.encoding == "onehot":
             raise DataError(
                 f"{self.origin}: column '{col}' has {levels} distinct text values, too many to one-hot encode; "
