@@ -55,9 +55,10 @@ def _vae_bounds(run, k: int, images: int) -> dict[str, float]:
 
     test = run.data.test
     loader = BatchLoader(Split(test.x[:images], test.y[:images]), 50, transform=run.preprocessing.inputs.batch)
-    eval_cfg = run.config.evaluate.model_copy(update={"importance_samples": k})
+    options = run.task.config.model_copy(update={"importance_samples": k})
+    task = type(run.task)(run.spec, run.config.train, run.preprocessing, config=options)
     with torch.no_grad():
-        bound = run.task.final_metrics(run.model.cpu().eval(), loader, eval_cfg)["iw_nll"]
+        bound = task.final_metrics(run.model.cpu().eval(), loader, run.config.evaluate)["iw_nll"]
     return {f"iw_nll_k{k}_first{images}": bound}
 
 

@@ -39,15 +39,16 @@ def _config(args, adversarial: bool) -> dict:
     epochs = args.adv_epochs if adversarial else args.epochs
     train = {"epochs": 1 if args.quick else epochs, "max_time": args.budget, "batch_size": 128, "optimizer": "adamw",
              "lr": 5e-3, "scheduler": "onecycle", "device": args.device, "seed": 0, "progress": False}
+    task: dict = {"name": "classification"}
     if adversarial:
-        train["adversarial"] = {"method": "pgd", "eps": 0.3, "steps": 3 if args.quick else 7, "norm": "linf",
-                                "start_epoch": 0, "eval_samples": 0}
+        task["adversarial_training"] = {"method": "pgd", "eps": 0.3, "steps": 3 if args.quick else 7, "norm": "linf",
+                                        "start_epoch": 0, "eval_samples": 0}
     data = {"path": str(args.data), "augment": None, "val_fraction": 0.05}
     if args.quick:
         data["limit"] = 1000
     # --quick scores the 50 validation images rather than all 10,000 test images after training
     evaluate = {"split": "val"} if args.quick else {}
-    return {"name": f"bench-robust-{'adv' if adversarial else 'std'}", "data": data, "train": train,
+    return {"name": f"bench-robust-{'adv' if adversarial else 'std'}", "data": data, "task": task, "train": train,
             "evaluate": evaluate}
 
 
@@ -73,7 +74,7 @@ def main() -> None:
     for adversarial in (False, True):
         overrides = _config(args, adversarial)
         config = {**base, "name": overrides["name"], "data": {**base["data"], **overrides["data"]},
-                  "train": {**base["train"], **overrides["train"]},
+                  "task": overrides["task"], "train": {**base["train"], **overrides["train"]},
                   "evaluate": {**base["evaluate"], **overrides["evaluate"]}}
         run = layerwise.train(config, runs_dir=args.runs_dir, quiet=True)
         training = run.metrics["training"]

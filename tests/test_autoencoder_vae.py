@@ -42,7 +42,7 @@ def test_vae_shapes_and_sampling(spec, kw):
     mu, logvar = model.encode(x)
     assert mu.shape == logvar.shape == (4, 3)
     assert model.decode(mu).shape == x.shape
-    samples = model.sample(6, torch.Generator().manual_seed(0))
+    samples = model.sample(6, generator=torch.Generator().manual_seed(0))
     assert samples.shape == (6, *spec.input_shape)
     assert model.likelihood == ("bernoulli" if spec.kind == "image" else "gaussian")
     if model.likelihood == "bernoulli":

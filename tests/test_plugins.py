@@ -1,5 +1,5 @@
-"""Plugins: a package installed beside layerwise adds a model family through the entry-point group
-``layerwise.plugins``, and a config uses it by name. The package is really installed (pip, into a
+"""Plugins: a package installed beside layerwise adds a model family and a tool through the entry-point
+group ``layerwise.plugins``; a config uses the family by name and the CLI has the tool as a verb. The package is really installed (pip, into a
 folder put on the subprocesses' path), and layerwise runs as a real CLI subprocess."""
 
 from __future__ import annotations
@@ -55,6 +55,13 @@ def test_a_plugin_family_trains_from_yaml_and_is_listed(site, tmp_path):
     assert code == 0 and '"accuracy"' in out, err
     code, out, err = _cli("models", cwd=tmp_path, site=site)
     assert code == 0 and "toy_linear" in out, err
+    # the plugin's tool is a verb of its own, with its declared option, and listed by `layerwise tools`
+    code, out, err = _cli("weight-norm", run, "--decimals", "2", cwd=tmp_path, site=site)
+    assert code == 0, err
+    norm = float(out.strip())
+    assert norm > 0 and round(norm, 2) == norm
+    code, out, err = _cli("tools", cwd=tmp_path, site=site)
+    assert code == 0 and "weight-norm" in out and "explain" in out, err
 
 
 def test_without_the_plugin_the_family_is_unknown_in_one_line(tmp_path):

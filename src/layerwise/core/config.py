@@ -2,13 +2,15 @@
 
 Validation runs in two stages (as Ludwig does): the top-level sections first, then each section
 against the schema its registry names — ``data`` against the source's schema, ``model`` against
-the family's. Unknown keys are rejected with a close-match suggestion, and every message names the
-key path, what was expected and what was received.
+the family's, ``task`` against the task's. Unknown keys are rejected with a close-match suggestion,
+and every message names the key path, what was expected and what was received.
 """
 
 from __future__ import annotations
 
 import copy
+import sys
+import warnings
 from typing import Any, Literal, Mapping
 
 import yaml
@@ -21,6 +23,7 @@ __all__ = [
     "Section",
     "DataConfig",
     "ModelConfig",
+    "TaskConfig",
     "AugmentConfig",
     "SchedulerConfig",
     "EarlyStoppingConfig",
@@ -28,6 +31,8 @@ __all__ = [
     "TrainConfig",
     "EvaluateConfig",
     "ExperimentConfig",
+    "ConfigDeprecationWarning",
+    "warn_deprecated",
     "apply_overrides",
     "parse_override",
 ]
@@ -71,6 +76,11 @@ class ModelConfig(Section):
     """Keys every model family accepts; each family's schema adds its hyperparameters."""
 
     family: str = Field("cnn", description="the model family, see `layerwise models`")
+
+
+class TaskConfig(Section):
+    """Keys every task accepts: none. A task with options declares its own schema (``Task.Config``),
+    whose keys sit beside ``name`` in ``task: {name: classification, label_smoothing: 0.1}``."""
 
 
 class SchedulerConfig(Section):
@@ -127,13 +137,9 @@ class TrainConfig(Section):
     betas: tuple[float, float] = Field((0.9, 0.999), description="adam/adamw betas")
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig, description="learning-rate schedule")
     grad_clip: float | None = Field(None, gt=0, description="clip the gradient norm to this value")
-    label_smoothing: float = Field(0.0, ge=0, lt=1, description="classification: label smoothing")
-    class_weight: Literal["balanced"] | list[float] | None = Field(
-        None, description="classification: 'balanced' or one weight per class"
-    )
     early_stopping: EarlyStoppingConfig | None = Field(None, description="stop when a metric stops improving")
-    adversarial: AdversarialConfig | None = Field(None, description="adversarial training (classification of "
-                                                  "continuous inputs); off when absent")
+    strategy: str = Field("local", description="how the fit runs: local (the one loop, in this process); see "
+                          "docs/training.md")
     seed: int = Field(0, description="seeds weights, shuffling, dropout and augmentation")
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:N, mps")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 runs forward passes under autocast")
@@ -174,24 +180,41 @@ class EvaluateConfig(Section):
         200, ge=10, description="score bins for streaming ROC-AUC (constant memory; exact as bins grow)"
     )
     misclassified: int = Field(32, ge=0, description="misclassified examples shown in the report")
-    importance_samples: int = Field(
-        100, ge=0, description="vae runs: importance samples K of the NLL bound (Burda et al. 2016) in the "
-                               "final evaluation (0: off)")
 
 
 class ExperimentConfig(Section):
-    """A whole experiment. Build it with :func:`load_config`, which validates every section."""
+    """A whole experiment. Build it with :func:`load_config`, which validates every section.
+
+    The YAML's ``task:`` is a name (``task: classification``) or a mapping of the name and the task's
+    options (``task: {name: classification, label_smoothing: 0.1}``). Here it is two fields: ``task``,
+    the name (None until the run infers it from the data and family), and ``task_options``, the options
+    validated against that task's own schema (``TASKS.get(name).Config``). The name stays a plain
+    string because that is what every feature asks of a run (``config.task == "vae"``,
+    ``TASKS.get(config.task)``); the options are read only by the task built from them.
+    ``task_options`` is not a YAML key of its own: :meth:`to_dict` folds it back into ``task``.
+    Before the task is known (``task`` None), ``task_options`` holds options given for the task the
+    data will imply (a ``task:`` mapping without ``name``, or a deprecated spelling such as
+    ``train.label_smoothing``); preparing a run checks them against the task it infers.
+    """
 
     name: str = Field("experiment", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="run name prefix")
     data: SerializeAsAny[DataConfig] = Field(default_factory=DataConfig)
     model: SerializeAsAny[ModelConfig] = Field(default_factory=ModelConfig)
-    task: str | None = Field(None, description="classification or regression; implied by the data when absent")
+    task: str | None = Field(None, description="the task's name; implied by the data and the model family when "
+                             "absent")
+    task_options: SerializeAsAny[TaskConfig] | None = Field(
+        None, exclude=True, description="the task's options, of the task's own schema (written inside `task:`)")
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data that :func:`load_config` turns back into an equal config."""
-        return self.model_dump(mode="json")
+        out = self.model_dump(mode="json")
+        options = self.task_options
+        if options is not None and type(options).model_fields:  # the long form, when the task has options
+            dumped = options.model_dump(mode="json")
+            out["task"] = {"name": self.task, **dumped} if self.task is not None else dumped
+        return out
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -206,14 +229,20 @@ def _describe(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _format_error(exc: ValidationError, prefix: str, schema: type[BaseModel]) -> ConfigError:
-    """One line for the first pydantic error, naming the full key path."""
+def _format_error(exc: ValidationError, prefix: str, schema: type[BaseModel],
+                  origins: Mapping[str, str] | None = None) -> ConfigError:
+    """One line for the first pydantic error, naming the full key path.
+
+    ``origins`` maps a key of the section to the path the user wrote it at (a deprecated spelling,
+    ``adversarial_training`` -> ``train.adversarial``): its errors name that path."""
     errors = exc.errors()
     first = errors[0]
     loc = [str(part) for part in first["loc"] if not str(part).startswith("function-")]
     # pydantic reports a union's branches in the path ("str", "list[float]"); users never wrote them
     loc = [p for p in loc if p not in {"str", "int", "float", "bool", "list[float]", "literal['balanced']"}]
     path = ".".join([prefix, *loc]) if prefix else ".".join(loc)
+    if origins and loc and loc[0] in origins:
+        path = ".".join([origins[loc[0]], *loc[1:]])
     if first["type"] == "extra_forbidden":
         known = _known_keys(schema, loc[:-1])
         message = f"{path}: unknown key{did_you_mean(loc[-1], known)}"
@@ -251,8 +280,9 @@ def _known_keys(schema: type[BaseModel], loc: list[str]) -> list[str]:
     return sorted(getattr(model, "model_fields", {}))
 
 
-def validate_section(schema: type[BaseModel], raw: Any, prefix: str) -> Any:
-    """Validate one section, turning pydantic's report into a one-line :class:`ConfigError`."""
+def validate_section(schema: type[BaseModel], raw: Any, prefix: str, origins: Mapping[str, str] | None = None) -> Any:
+    """Validate one section, turning pydantic's report into a one-line :class:`ConfigError`
+    (``origins``: keys the user wrote elsewhere, see :func:`_format_error`)."""
     if raw is None:
         raw = {}
     if not isinstance(raw, Mapping):
@@ -260,7 +290,21 @@ def validate_section(schema: type[BaseModel], raw: Any, prefix: str) -> Any:
     try:
         return schema.model_validate(dict(raw))
     except ValidationError as exc:
-        raise _format_error(exc, prefix, schema) from None
+        raise _format_error(exc, prefix, schema, origins) from None
+
+
+class ConfigDeprecationWarning(DeprecationWarning):
+    """A config key written where it used to live: accepted for one more release, moved to its new
+    place; the message gives the new spelling. The CLI prints these as ``warning:`` lines."""
+
+
+def warn_deprecated(message: str) -> None:
+    """Emit a :class:`ConfigDeprecationWarning` attributed to the first caller outside layerwise, so the
+    caller's warning filters decide (Python shows it by default when that caller is a script)."""
+    frame, level = sys._getframe(1), 2
+    while frame is not None and frame.f_globals.get("__name__", "").partition(".")[0] == "layerwise":
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, ConfigDeprecationWarning, stacklevel=level)
 
 
 def with_defaults(section: BaseModel, defaults: Mapping[str, Any], prefix: str) -> BaseModel:
@@ -295,8 +339,9 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Mapping[str, Any]) -> dic
         node = result
         for i, part in enumerate(parts[:-1]):
             child = node.get(part)
-            # shorthands that stand for a section: `scheduler: cosine`, `early_stopping: true`
-            shorthand = isinstance(child, str) and part == "scheduler" or child is True and part == "early_stopping"
+            # shorthands that stand for a section: `scheduler: cosine`, `task: classification`, `early_stopping: true`
+            shorthand = (isinstance(child, str) and part in ("scheduler", "task")
+                         or child is True and part == "early_stopping")
             if child is None or shorthand:
                 child = {"name": child} if isinstance(child, str) else {}
                 node[part] = child

@@ -2,7 +2,8 @@
 
 A source is one class registered with ``@register_source("name")``: a ``Config`` schema (its own
 keys beside the common ones of :class:`~layerwise.core.config.DataConfig`) and a ``read`` method that
-returns :class:`RawData`. Splitting and preprocessing are shared (``pipeline.build_bundle``).
+returns :class:`RawData`. Splitting and preprocessing are shared (``pipeline.build_bundle``); what
+depends on the kind of input (tabular, image, tokens...) is its module in ``data.kinds``.
 Sources whose splits are not a random draw of samples (a time series split chronologically, a
 text cut into token blocks) override :meth:`DataSource.load` and build their bundle themselves.
 """

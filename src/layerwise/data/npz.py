@@ -47,7 +47,7 @@ def as_kind(x: np.ndarray, path: Path) -> tuple[str, object]:
             x = x[:, None]
         elif x.shape[-1] in (1, 3) and x.shape[1] not in (1, 3):
             x = x.transpose(0, 3, 1, 2)  # channels-last → channels-first
-        if x.dtype.kind == "f":
+        if np.issubdtype(x.dtype, np.floating):
             if x.min() < 0 or x.max() > 1:
                 raise DataError(f"{path}: float images must lie in [0, 1]; scale them or save uint8 pixels")
             x = np.round(x * 255)

@@ -7,15 +7,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..core.errors import DataError
-from .preprocess import (
-    ImagePreprocessor,
-    Preprocessing,
-    TabularPreprocessor,
-    TargetScaler,
-    _key,
-    numeric_or_junk,
-)
+from ..core.errors import ConfigError, DataError
+from .kinds import input_kind
+from .preprocess import Preprocessing, TargetScaler, _key, numeric_target
 from .spec import DataBundle, DataSpec, RawData, Split
 
 __all__ = ["Preprocessing", "build_bundle", "infer_target", "split_indices", "split_rows"]
@@ -35,8 +29,9 @@ def infer_target(y: np.ndarray, task: str | None, origin: str) -> str:
         return "class"
     if y.dtype.kind in "iu":
         return "class" if len(np.unique(y)) <= MAX_INTEGER_CLASSES else "numeric"
-    finite = y[np.isfinite(y)] if y.dtype.kind == "f" else y
-    if y.dtype.kind == "f" and np.all(finite == np.round(finite)) and len(np.unique(finite)) <= MAX_INTEGER_CLASSES:
+    floats = np.issubdtype(y.dtype, np.floating)
+    finite = y[np.isfinite(y)] if floats else y
+    if floats and np.all(finite == np.round(finite)) and len(np.unique(finite)) <= MAX_INTEGER_CLASSES:
         return "class"
     return "numeric"
 
@@ -94,7 +89,7 @@ def build_bundle(raw: RawData, cfg: Any, task: str | None) -> DataBundle:
         if missing.any():
             raise DataError(f"{origin}: {int(missing.sum())} sample(s) have no label (first at row {int(np.argmax(missing))}); drop them")
     else:
-        y = _numeric_target(y, origin)
+        y = numeric_target(y, origin)
 
     train_idx, val_idx, test_idx = split_rows(y, target, cfg, own_test=raw.x_test is not None)
 
@@ -108,81 +103,44 @@ def build_bundle(raw: RawData, cfg: Any, task: str | None) -> DataBundle:
         scaler = TargetScaler.fit(y[train_idx])
 
     x_all = raw.x
-    if raw.kind not in ("image", "video") and cfg.augment is not None:
+    try:  # the kind fits the preprocessing (tables, pixels, tokenizers: layerwise.data.kinds)
+        kind = input_kind(raw)
+    except ConfigError:
+        raise DataError(f"{origin}: unsupported input kind '{raw.kind}'") from None
+    if not kind.pixels and cfg.augment is not None:
         raise DataError(f"data.augment: augmentation applies to image data only, and {origin} is {raw.kind}; remove it")
-    if raw.kind == "tabular":
-        inputs = _fit_tabular(x_all, train_idx, cfg, origin)
-        encode = lambda frame: torch.from_numpy(inputs.transform(frame))  # noqa: E731
-        take = lambda frame, idx: frame.iloc[idx].reset_index(drop=True)  # noqa: E731
-        feature_names = inputs.feature_names
-        input_shape = (len(feature_names),)
-    elif raw.kind in ("image", "video"):  # uint8 (N, C, H, W) images or (N, T, C, H, W) frame sequences
-        pixels = torch.as_tensor(np.ascontiguousarray(x_all))
-        inputs = ImagePreprocessor(pixels.shape[-3], tuple(pixels.shape[-2:]), cfg.normalize,
-                                   cfg.augment.model_dump() if cfg.augment else None)
-        inputs.fit(pixels[torch.as_tensor(train_idx)])
-        encode = lambda arr: torch.as_tensor(np.ascontiguousarray(arr))  # noqa: E731
-        take = lambda arr, idx: arr[idx]  # noqa: E731
-        feature_names = None
-        input_shape = tuple(pixels.shape[1:])
-    elif raw.kind == "text":  # an array of strings → (N, max_length) token ids (layerwise.data.text)
-        from .text import TextPreprocessor
-
-        inputs = TextPreprocessor.from_config(cfg).fit(x_all[train_idx].tolist())
-        encode = lambda texts: inputs.encode_padded(list(texts))  # noqa: E731
-        take = lambda arr, idx: arr[idx]  # noqa: E731
-        feature_names = None
-        input_shape = (inputs.max_length,)
-    else:
-        raise DataError(f"{origin}: unsupported input kind '{raw.kind}'")
-
-    pre = Preprocessing(inputs, target, classes, scaler)
+    fitted = kind.fit(x_all, train_idx, cfg, origin)
+    pre = Preprocessing(fitted.preprocessor, target, classes, scaler)
 
     def make(x, labels, where: str) -> Split:
-        return Split(encode(x), torch.as_tensor(pre.encode_labels(labels, f"{origin} ({where})")))
+        encoded = torch.as_tensor(pre.encode_labels(labels, f"{origin} ({where})"))
+        return Split(kind.encode(fitted.preprocessor, x), encoded)
 
-    train = make(take(x_all, train_idx), y[train_idx], "train")
-    val_split = make(take(x_all, val_idx), y[val_idx], "val") if len(val_idx) else None
+    train = make(kind.take(x_all, train_idx), y[train_idx], "train")
+    val_split = make(kind.take(x_all, val_idx), y[val_idx], "val") if len(val_idx) else None
     if raw.x_test is not None:
-        y_test = np.asarray(raw.y_test) if target == "class" else _numeric_target(np.asarray(raw.y_test), origin)
+        y_test = np.asarray(raw.y_test) if target == "class" else numeric_target(np.asarray(raw.y_test), origin)
         test = make(raw.x_test, y_test, "test")
     else:
-        test = make(take(x_all, test_idx), y[test_idx], "test") if len(test_idx) else None
+        test = make(kind.take(x_all, test_idx), y[test_idx], "test") if len(test_idx) else None
 
     spec = DataSpec(
-        kind="tokens" if raw.kind == "text" else raw.kind, target=target,
-        input_shape=tuple(int(s) for s in input_shape),
+        kind=kind.name, target=target,
+        input_shape=tuple(int(s) for s in fitted.input_shape),
         num_classes=len(classes) if classes is not None else None,
         class_names=_class_names(classes, raw.class_names),
         num_targets=None if target == "class" else (1 if y.ndim == 1 else y.shape[1]),
-        target_names=raw.target_names, feature_names=feature_names,
-        categorical=inputs.categorical_slots if raw.kind == "tabular" else [],
-        vocab_size=inputs.vocab_size if raw.kind == "text" else None,
+        target_names=raw.target_names, **fitted.spec,
     )
     return DataBundle(spec, train, val_split, test, pre)
 
 
 def _missing(y: np.ndarray) -> np.ndarray:
-    if y.dtype.kind == "f":
+    if np.issubdtype(y.dtype, np.floating):
         return np.isnan(y)
-    if y.dtype.kind == "O":
+    if y.dtype == object:
         return np.array([v is None or (isinstance(v, float) and v != v) or v == "" for v in y.tolist()])
     return np.zeros(len(y), dtype=bool)
-
-
-def _numeric_target(y: np.ndarray, origin: str) -> np.ndarray:
-    if y.dtype.kind in "OUS":
-        import pandas as pd
-
-        parsed = numeric_or_junk(pd.Series(y), "target", origin)
-        if parsed is None:
-            raise DataError(f"{origin}: the target holds text; use task: classification or fix its values")
-        y = pd.to_numeric(pd.Series(y), errors="coerce").to_numpy()
-    y = y.astype(np.float64)
-    if not np.all(np.isfinite(y)):
-        bad = int(np.argmax(~np.isfinite(y.reshape(len(y), -1)).any(axis=1)))
-        raise DataError(f"{origin}: the target has missing or infinite values (first at row {bad}); drop those rows")
-    return y
 
 
 def _class_list(y_train: np.ndarray, names: list[str] | None) -> list:
@@ -212,24 +170,7 @@ def _sort_key(text: str):
 def _restore(text: str, y: np.ndarray):
     if y.dtype.kind in "iuf":
         return int(float(text))
-    if y.dtype.kind == "b":
+    if y.dtype == bool:
         return text == "True"
     return text
 
-
-def _fit_tabular(frame, train_idx: np.ndarray, cfg: Any, origin: str) -> TabularPreprocessor:
-    categorical = list(getattr(cfg, "categorical_columns", None) or [])
-    numeric = []
-    for col in frame.columns:
-        if col in categorical:
-            continue
-        column = frame[col]
-        if column.dtype.kind in "iufb":
-            numeric.append(col)
-        elif numeric_or_junk(column, col, origin) is not None:
-            numeric.append(col)
-        else:
-            categorical.append(col)
-    pre = TabularPreprocessor(numeric, categorical, getattr(cfg, "categorical_encoding", "auto"),
-                              getattr(cfg, "impute", "mean"), cfg.normalize, origin)
-    return pre.fit(frame.iloc[train_idx])

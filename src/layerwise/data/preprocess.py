@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from ..core.errors import DataError
 
 __all__ = ["Preprocessing", "TabularPreprocessor", "ImagePreprocessor", "TargetScaler", "preprocessor_from_dict",
-           "numeric_or_junk", "register_preprocessor"]
+           "numeric_or_junk", "numeric_target", "register_preprocessor"]
 
 PREPROCESSORS: dict[str, type] = {}  # kind -> class with to_dict/from_dict/batch
 
@@ -61,6 +61,22 @@ def numeric_or_junk(column, name: str, origin: str):
             f"(first: {first!r} at row {row}); clean them, or list the column in data.categorical_columns"
         )
     return parsed if not bad.any() else None
+
+
+def numeric_target(y: np.ndarray, origin: str) -> np.ndarray:
+    """Regression targets as float64; text that parses as numbers is converted, anything else refused."""
+    if y.dtype.kind in "OUS":
+        import pandas as pd
+
+        parsed = numeric_or_junk(pd.Series(y), "target", origin)
+        if parsed is None:
+            raise DataError(f"{origin}: the target holds text; use task: classification or fix its values")
+        y = pd.to_numeric(pd.Series(y), errors="coerce").to_numpy()
+    y = y.astype(np.float64)
+    if not np.all(np.isfinite(y)):
+        bad = int(np.argmax(~np.isfinite(y.reshape(len(y), -1)).any(axis=1)))
+        raise DataError(f"{origin}: the target has missing or infinite values (first at row {bad}); drop those rows")
+    return y
 
 
 @register_preprocessor("tabular")

@@ -8,7 +8,11 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-__all__ = ["DataSpec", "RawData", "Split", "DataBundle"]
+__all__ = ["DataSpec", "RawData", "Split", "DataBundle", "INPUT_DTYPES"]
+
+# The dtype of each input kind's model inputs, filled in as each kind registers
+# (layerwise.data.kinds): this module sits below the kinds, so it is told rather than importing them.
+INPUT_DTYPES: dict[str, torch.dtype] = {}
 
 
 @dataclass
@@ -16,9 +20,10 @@ class DataSpec:
     """The contract between data and models: input kind and shape, targets, names.
 
     Input kinds: ``tabular`` (F,) floats, ``image`` (C, H, W) uint8, ``video`` (T, C, H, W) uint8
-    frames, ``sequence`` (T, F) floats, ``tokens`` (T,) integer ids. Models declare the kinds they
-    accept. Targets: ``class`` (one label per sample), ``numeric`` (``num_targets`` values per
-    sample) or ``token`` (a language model: the next token at every position, ``vocab_size`` classes).
+    frames, ``sequence`` (T, F) floats, ``tokens`` (T,) integer ids; each is a module of
+    ``layerwise.data.kinds`` (``input_kind(spec)``). Models declare the kinds they accept.
+    Targets: ``class`` (one label per sample), ``numeric`` (``num_targets`` values per sample) or
+    ``token`` (a language model: the next token at every position, ``vocab_size`` classes).
     """
 
     kind: str
@@ -35,8 +40,7 @@ class DataSpec:
 
     def example_input(self, batch: int = 2) -> torch.Tensor:
         """A batch of zeros of the right shape and dtype, for dry runs and summaries."""
-        dtype = torch.long if self.kind == "tokens" else torch.float32
-        return torch.zeros(batch, *self.input_shape, dtype=dtype)
+        return torch.zeros(batch, *self.input_shape, dtype=INPUT_DTYPES.get(self.kind, torch.float32))
 
     @property
     def num_outputs(self) -> int:

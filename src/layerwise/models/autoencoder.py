@@ -21,6 +21,7 @@ from torch import nn
 
 from ..core.config import ModelConfig, Section
 from ..core.errors import ModelError
+from ..data.kinds import input_kind
 from . import LayerwiseModel, register_family
 from .layers import activation
 
@@ -73,7 +74,7 @@ def _check_input(family: str, architecture: str, spec) -> None:
     if spec.categorical:
         raise ModelError(f"model.family: '{family}' reconstructs numeric inputs; embedded categorical columns cannot "
                          f"be reconstructed; set data.categorical_encoding: onehot")
-    if architecture == "conv" and spec.kind != "image":
+    if architecture == "conv" and not input_kind(spec).picture:
         raise ModelError(f"model.architecture: 'conv' needs image inputs, the data gives {spec.kind}; "
                          f"use architecture: dense")
 
@@ -168,6 +169,10 @@ class Autoencoder(LayerwiseModel):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """(B, bottleneck) -> (B, *input_shape), in the normalised units the model reads."""
         return self.decoder(z)
+
+    def encode_latent(self, x: torch.Tensor) -> torch.Tensor:
+        """The code of an input (B, bottleneck): the LatentEncoder ability."""
+        return self.encode(x)
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))

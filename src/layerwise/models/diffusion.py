@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +31,9 @@ from torch import nn
 
 from ..core.config import ModelConfig
 from ..core.errors import ModelError
+from ..data.kinds import input_kind
 from . import LayerwiseModel, register_family
+from .abilities import check_sample_options
 
 __all__ = ["Diffusion", "DiffusionConfig", "MLPDenoiser", "UNet", "make_betas"]
 
@@ -193,7 +195,7 @@ class Denoiser(nn.Module):
         # one extra row: the "no label" token classifier-free guidance trains with dropped labels
         self.labels = nn.Embedding(num_labels + 1, cond) if num_labels else None
         self.null_label = num_labels
-        if spec.kind == "image":
+        if input_kind(spec).picture:  # one (C, H, W) picture: a U-Net
             c, h, w = spec.input_shape
             self.net: nn.Module = UNet(c, (h, w), config.channels, config.attention, cond, config.dropout)
         else:
@@ -285,11 +287,19 @@ class Diffusion(LayerwiseModel):
         cond, uncond = both.chunk(2)
         return cond + guidance * (cond - uncond)
 
+    # the Sampler ability: these options after labels and generator, in the model's input space
+    sample_options: ClassVar[tuple[str, ...]] = ("steps", "method", "guidance", "eta", "use_ema", "clip")
+    sample_units: ClassVar[str] = "input"
+
+    @property
+    def sample_classes(self) -> int:
+        return self.num_labels
+
     @torch.no_grad()
-    def sample(self, n: int, steps: int | None = None, method: Literal["ddim", "ddpm"] = "ddim",
-               labels: torch.Tensor | list[int] | int | None = None, guidance: float = 0.0,
-               eta: float | None = None, generator: torch.Generator | None = None,
-               use_ema: bool = True, clip: tuple | None = None) -> torch.Tensor:
+    def sample(self, n: int, *, labels: torch.Tensor | list[int] | int | None = None,
+               generator: torch.Generator | None = None, steps: int | None = None,
+               method: Literal["ddim", "ddpm"] = "ddim", guidance: float = 0.0, eta: float | None = None,
+               use_ema: bool = True, clip: tuple | None = None, **options) -> torch.Tensor:
         """Draw ``n`` samples in the model's input space: (n, *input_shape).
 
         ``clip``: (low, high) bounds of the data in that space (numbers, or tensors broadcastable to
@@ -306,6 +316,7 @@ class Diffusion(LayerwiseModel):
 
         >>> x = model.sample(16, steps=50, labels=3, guidance=2.0)   # doctest: +SKIP
         """
+        check_sample_options("diffusion", options, self.sample_options)
         T = self.config.timesteps
         if method not in ("ddim", "ddpm"):
             raise ModelError(f"sample: method must be 'ddim' or 'ddpm'; received {method!r}")

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from itertools import pairwise
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -29,7 +29,9 @@ from torch import nn
 
 from ..core.config import ModelConfig
 from ..core.errors import ModelError
+from ..data.kinds import input_kind
 from . import LayerwiseModel, register_family
+from .abilities import check_sample_options
 
 __all__ = ["GAN", "GANConfig"]
 
@@ -45,9 +47,6 @@ class GANConfig(ModelConfig):
     conditional: bool = Field(False, description="class-conditional G and D (class embedding / projection)")
     spectral_norm: bool = Field(False, description="spectral normalisation on every discriminator layer")
     loss: Literal["non_saturating", "hinge"] = Field("non_saturating", description="adversarial loss")
-    lr_g: float = Field(2e-4, gt=0, description="generator learning rate (Adam)")
-    lr_d: float = Field(2e-4, gt=0, description="discriminator learning rate (Adam)")
-    betas: tuple[float, float] = Field((0.5, 0.999), description="Adam betas of both optimizers (DCGAN: 0.5)")
     aux_weight: float = Field(1.0, ge=0, description="weight of D's auxiliary class loss on real inputs "
                                                      "(0: no classifier head training)")
 
@@ -133,8 +132,8 @@ class GAN(LayerwiseModel):
         super().__init__(config, spec)
         variant = config.variant
         if variant == "auto":
-            variant = "conv" if spec.kind == "image" else "mlp"
-        if variant == "conv" and spec.kind != "image":
+            variant = "conv" if input_kind(spec).picture else "mlp"
+        if variant == "conv" and not input_kind(spec).picture:
             raise ModelError(f"model.variant: 'conv' needs image inputs, but the data is {spec.kind}; use 'mlp' or 'auto'")
         if config.conditional and not spec.num_classes:
             raise ModelError("model.conditional: a conditional GAN needs class labels, but this data has none; "
@@ -205,19 +204,33 @@ class GAN(LayerwiseModel):
             logit = logit + (self.projection(labels) * features).sum(1)
         return logit, self.head(features)
 
-    @torch.no_grad()
-    def generate(self, n: int, labels=None, seed: int | None = None) -> torch.Tensor:
-        """``n`` samples in the model's input space (normalised images / tabular rows).
+    # -- the Sampler ability -------------------------------------------------------------------
+    sample_options: ClassVar[tuple[str, ...]] = ()
+    sample_units: ClassVar[str] = "input"
 
-        >>> images = model.generate(16, labels=3)            # doctest: +SKIP
-        """
+    @property
+    def sample_classes(self) -> int:
+        return self.num_classes if self.config.conditional else 0
+
+    @torch.no_grad()
+    def sample(self, n: int, *, labels: Any = None, generator: torch.Generator | None = None,
+               **options: Any) -> torch.Tensor:
+        """``n`` samples G(z [, y]) in the model's input space (normalised images / tabular rows);
+        ``labels``: one class id or one per sample (conditional models; default every class in turn)."""
         if n < 1:
             raise ModelError(f"n: the number of samples must be at least 1; received {n}")
+        check_sample_options("gan", options, self.sample_options)
         device = self.head.weight.device
-        gen = torch.Generator().manual_seed(seed) if seed is not None else None
         was_training = self.training
         self.eval()  # batch norm uses its running statistics: a sample does not depend on its batch
         try:
-            return self.generate_from(self.sample_latent(n, device, gen), self._labels(labels, n, device))
+            return self.generate_from(self.sample_latent(n, device, generator), self._labels(labels, n, device))
         finally:
             self.train(was_training)
+
+    def generate(self, n: int, labels=None, seed: int | None = None) -> torch.Tensor:
+        """:meth:`sample` with a seed instead of a generator.
+
+        >>> images = model.generate(16, labels=3)            # doctest: +SKIP
+        """
+        return self.sample(n, labels=labels, generator=None if seed is None else torch.Generator().manual_seed(seed))

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.errors import ModelError
+from ..data.kinds import input_kind
 from ..data.spec import DataSpec
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "silu": nn.SiLU}
@@ -51,7 +52,7 @@ class SequenceInput(nn.Module):
 
     def __init__(self, spec: DataSpec, width: int):
         super().__init__()
-        self.tokens = spec.kind == "tokens"
+        self.tokens = not input_kind(spec).continuous  # integer ids: embedded, not projected
         if self.tokens:
             if not spec.vocab_size:
                 raise ModelError("token inputs need the data's vocab_size; the data source must set it in the spec")

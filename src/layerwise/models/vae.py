@@ -17,7 +17,7 @@ read-out of it that the vae task does not train (so ``forward(x)`` has the contr
 from __future__ import annotations
 
 import math
-from typing import ClassVar, Literal, NamedTuple
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +26,9 @@ from torch import nn
 
 from ..core.config import ModelConfig
 from ..core.errors import ModelError
+from ..data.kinds import input_kind
 from . import LayerwiseModel, register_family
+from .abilities import check_sample_options
 from .autoencoder import Activation, Decoder, Encoder, _check_input, _draw_device
 
 __all__ = ["VAE", "ELBOTerms", "VAEConfig"]
@@ -73,8 +75,8 @@ class VAE(LayerwiseModel):
         super().__init__(config, spec)
         _check_input("vae", config.architecture, spec)
         self.likelihood = config.likelihood if config.likelihood != "auto" else (
-            "bernoulli" if spec.kind == "image" else "gaussian")
-        if self.likelihood == "bernoulli" and spec.kind != "image":
+            "bernoulli" if input_kind(spec).picture else "gaussian")
+        if self.likelihood == "bernoulli" and not input_kind(spec).picture:
             raise ModelError("model.likelihood: 'bernoulli' models pixels in [0, 1] and needs image inputs; "
                              "use likelihood: gaussian for tabular data")
         self.encoder = Encoder(spec, config.architecture, config.hidden, config.channels, 2 * config.latent,
@@ -105,9 +107,26 @@ class VAE(LayerwiseModel):
         """The mean of p(x|z): pixel intensities in [0, 1] (bernoulli) or standardised features (gaussian)."""
         return torch.sigmoid(decoded) if self.likelihood == "bernoulli" else decoded
 
+    def encode_latent(self, x: torch.Tensor) -> torch.Tensor:
+        """The code of an input: the posterior mean mu (B, latent), deterministic (LatentEncoder)."""
+        return self.encode(x)[0]
+
+    sample_options: ClassVar[tuple[str, ...]] = ()
+    sample_classes: ClassVar[int] = 0  # one prior for every class
+
+    @property
+    def sample_units(self) -> str:
+        """Bernoulli means are pixel intensities in [0, 1]; Gaussian ones standardised features."""
+        return "pixels" if self.likelihood == "bernoulli" else "input"
+
     @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``n`` draws of the mean of p(x|z), z ~ N(0, I): (n, *input_shape), units as in :meth:`mean`."""
+    def sample(self, n: int, *, labels: Any = None, generator: torch.Generator | None = None,
+               **options: Any) -> torch.Tensor:
+        """``n`` draws of the mean of p(x|z), z ~ N(0, I): (n, *input_shape), units as in :meth:`mean`
+        (the :class:`~layerwise.models.abilities.Sampler` ability; an unconditional model: no labels)."""
+        if labels is not None:
+            raise ModelError("labels: a VAE is not conditional; it samples every class from one prior")
+        check_sample_options("vae", options, self.sample_options)
         device = self.head.weight.device
         z = torch.randn((n, self.config.latent), generator=generator, device=generator.device if generator else device)
         return self.mean(self.decode(z.to(device)))  # (n, *input_shape)

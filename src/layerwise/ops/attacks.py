@@ -6,7 +6,7 @@ PGD: Madry et al. 2018, "Towards Deep Learning Models Resistant to Adversarial A
 start inside the eps-ball, then ``steps`` gradient steps, each projected back onto the ball.
 
 Both attack the model's input and respect its valid range, through one :class:`AttackSpace` that
-`layerwise attack` and adversarial training (``train.adversarial``) share: image runs are attacked in
+`layerwise attack` and adversarial training (``task.adversarial_training``) share: image runs are attacked in
 raw pixel space [0, 1] (normalization happens inside the forward, as the preprocessor does it), so
 eps is in pixel units (eps 0.3 = 30% of the intensity range). Tabular and float-sequence runs are
 attacked in their standardized feature space, clamped per feature to the min/max seen in the
@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.errors import ConfigError
+from ..data.kinds import input_kind
 
 __all__ = ["METHODS", "NORMS", "AttackSpace", "attack_batch", "fgsm", "pgd", "pick_samples"]
 
@@ -132,7 +133,7 @@ class AttackSpace:
 
     def __init__(self, spec, preprocessor, train_x: torch.Tensor):
         self.preprocessor = preprocessor
-        self.pixels = getattr(preprocessor, "kind", None) == "image"
+        self.pixels = input_kind(spec).pixels  # stored uint8 pixels: attacked in [0, 1], normalised in the forward
         self.categorical = [position for position, _size in spec.categorical]
         self._bounds: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         if self.pixels:

@@ -23,6 +23,7 @@ import torch
 
 from ..core.errors import ModelError
 from ..models import FAMILIES
+from ..models.abilities import Stepper, has_ability
 
 __all__ = ["causal_families", "check_causal", "generate_ids", "sample_next", "start_ids"]
 
@@ -94,13 +95,12 @@ def generate_ids(model: torch.nn.Module, prompt_ids: list[int], n: int, temperat
 
 def causal_families() -> list[str]:
     """The registered families that can be language models: token inputs, ``forward_sequence`` and ``step``."""
-    return [name for name, cls in FAMILIES.items() if "tokens" in cls.accepts
-            and all(hasattr(cls, attr) for attr in ("forward_sequence", "init_state", "step"))]
+    return [name for name, cls in FAMILIES.items() if "tokens" in cls.accepts and has_ability(cls, Stepper)]
 
 
 def check_causal(model: torch.nn.Module, what: str = "task 'language_model'") -> None:
     """Raise a one-line :class:`ModelError` unless ``model`` can read a sequence left to right."""
-    if not all(hasattr(model, attr) for attr in ("forward_sequence", "init_state", "step")):
+    if not has_ability(model, Stepper):
         family = getattr(getattr(model, "config", None), "family", type(model).__name__)
         raise ModelError(f"model.family: {what} needs a model that reads token by token (forward_sequence and step); "
                          f"'{family}' has none; use one of: {', '.join(causal_families())}")

@@ -27,6 +27,7 @@ from torch.nn.utils import prune
 
 from ..core.errors import RunError, require
 from ..models import LayerwiseModel
+from ..models.abilities import Stepper, has_ability
 
 __all__ = [
     "apply_shapes",
@@ -96,7 +97,7 @@ def _check_structured(model: LayerwiseModel) -> None:
     """Channel pruning needs every coupled dimension visible to the dependency graph: recurrent
     state sizes and attention head splits are read from attributes it does not rewrite."""
     family = model.config.family
-    if hasattr(model, "forward_sequence"):
+    if has_ability(model, Stepper):
         raise RunError(f"--prune structured: the {family} family is a sequence model whose recurrent or attention "
                        f"widths channel pruning cannot shrink consistently; use --prune magnitude")
     for name, module in model.named_modules():

@@ -32,6 +32,7 @@ from torch import nn
 
 from ..core.errors import RunError, require
 from ..models import LayerwiseModel
+from ..models.abilities import Stepper, has_ability
 
 __all__ = [
     "QuantizedProgram",
@@ -52,7 +53,7 @@ def _dynamic_targets(model: nn.Module) -> list[str]:
     """Names of the layers to quantize. Exact types: subclasses such as MultiheadAttention's
     NonDynamicallyQuantizableLinear are not converted. The output head of a model with a
     step-by-step interface stays float: its ``init_state`` reads ``head.weight`` for the dtype."""
-    keep_head = hasattr(model, "init_state")
+    keep_head = has_ability(model, Stepper)
     return [name for name, m in model.named_modules()
             if type(m) in DYNAMIC_TYPES and not (keep_head and name == "head")]
 
@@ -61,7 +62,7 @@ def quantize_dynamic(model: nn.Module, family: str) -> nn.Module:
     """A copy of ``model`` with its Linear/LSTM/GRU layers in dynamic int8."""
     targets = _dynamic_targets(model)
     if not targets:
-        besides = " besides its output head (kept float for step-by-step use)" if hasattr(model, "init_state") else ""
+        besides = " besides its output head (kept float for step-by-step use)" if has_ability(model, Stepper) else ""
         raise RunError(f"--quantize dynamic: the {family} model has no Linear, LSTM or GRU layer to quantize{besides}")
     qconfig = torch.ao.quantization.default_dynamic_qconfig
     with warnings.catch_warnings():  # torch.ao.quantization warns on every call that it moves to torchao
@@ -178,7 +179,7 @@ def check_static(model: LayerwiseModel, mode: str) -> None:
     """Refuse models whose state is carried across time steps: one calibrated activation range per
     tensor does not describe a recurrent or scanned state, and the x86 quantizer annotates only
     convolutions and linear layers of a feed-forward graph."""
-    if hasattr(model, "forward_sequence"):
+    if has_ability(model, Stepper):
         raise RunError(f"--quantize {mode}: the {model.config.family} family is a sequence model and static int8 "
                        f"(PT2E, x86) covers feed-forward conv/linear graphs only; use --quantize dynamic")
 

@@ -3,28 +3,35 @@
 The sections' schemas live with their layers' base classes in ``core.config``; this module knows the
 registries (data sources, model families, tasks, optimizers, schedules), so it sits above them:
 stage one checks the top-level sections, stage two each section against the schema its registry
-names (``data`` against the source's, ``model`` against the family's), then the names that span
-sections.
+names (``data`` against the source's, ``model`` against the family's, ``task`` against the task's),
+then the names that span sections.
+
+Keys that moved keep their old spelling for one release (:data:`MOVED`): before validation they are
+taken out of their old section and put into the task's, with a :class:`ConfigDeprecationWarning`
+that gives the new spelling; errors in their values still name the path the user wrote.
 """
 
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from ..core.config import (
     EvaluateConfig,
     ExperimentConfig,
+    TaskConfig,
     TrainConfig,
     _describe,
     _format_error,
     apply_overrides,
     parse_override,
     validate_section,
+    warn_deprecated,
 )
 from ..core.defaults import default_config_dict
 from ..core.errors import ConfigError
@@ -32,15 +39,46 @@ from ..core.registry import did_you_mean
 from ..data import SOURCES
 from ..models import FAMILIES
 from ..tasks import TASKS
+from ..train.adversarial import check_adversarial
 from ..train.optim import OPTIMIZERS, SCHEDULERS
+from ..train.strategies import STRATEGIES
 
-__all__ = ["load_config"]
+__all__ = ["load_config", "resolve_task_options", "MOVED"]
 
 
-def _section_schema(registry_name: str, raw: Any, key: str, default: str) -> type[BaseModel]:
+@dataclass(frozen=True)
+class Moved:
+    """A key that moved into a task's section: ``section.key`` is now ``task: {name: task, new_key: ...}``."""
+
+    section: str
+    key: str
+    task: str  # the task whose section holds it now
+    new_key: str
+    family: str | None = None  # a model key moved only for this family
+    refused: bool = False  # other tasks refused it (an error now too) rather than ignoring it
+
+    @property
+    def old(self) -> str:
+        return f"{self.section}.{self.key}"
+
+
+# deprecated spellings, accepted until the next release
+MOVED = (
+    Moved("train", "label_smoothing", "classification", "label_smoothing"),
+    Moved("train", "class_weight", "classification", "class_weight"),
+    Moved("train", "adversarial", "classification", "adversarial_training", refused=True),
+    Moved("evaluate", "importance_samples", "vae", "importance_samples"),
+    Moved("model", "lr_g", "adversarial", "lr_g", family="gan"),
+    Moved("model", "lr_d", "adversarial", "lr_d", family="gan"),
+    Moved("model", "betas", "adversarial", "betas", family="gan"),
+)
+
+
+def _registered(registry_name: str, raw: Any, key: str, default: str) -> Any:
+    """The source or family class a section names (its ``Config`` is the section's schema)."""
     registry = {"data": SOURCES, "model": FAMILIES}[registry_name]
     name = raw.get(key, default) if isinstance(raw, Mapping) else default
-    return registry.get(name).Config
+    return registry.get(name)
 
 
 def load_config(
@@ -60,18 +98,28 @@ def load_config(
         raw = apply_overrides(raw, dict(items))
     if not isinstance(raw, Mapping):
         raise ConfigError(f"config: expected a mapping of sections at the top level; received {_describe(raw)}")
-    known = list(ExperimentConfig.model_fields)
+    known = [k for k, field in ExperimentConfig.model_fields.items() if not field.exclude]  # the YAML's sections
     for key in raw:
         if key not in known:
             raise ConfigError(f"{key}: unknown section{did_you_mean(str(key), known)}; valid sections: {', '.join(known)}")
 
-    data = validate_section(_section_schema("data", raw.get("data") or {}, "source", "builtin"), raw.get("data"), "data")
-    model = validate_section(_section_schema("model", raw.get("model") or {}, "family", "cnn"), raw.get("model"), "model")
+    raw = dict(raw)
+    task_name, task_raw = _task_section(raw.get("task"))
+    source_cls = _registered("data", raw.get("data") or {}, "source", "builtin")
+    family_cls = _registered("model", raw.get("model") or {}, "family", "cnn")
+    # the task's schema is known now when the config names it or the family or source implies it (as
+    # infer_task has it); else only once the run has read its data
+    known_task = task_name or getattr(family_cls, "implies_task", None) or getattr(source_cls, "implies_task", None)
+    origins = _move_deprecated(raw, known_task, task_raw)
+    data = validate_section(source_cls.Config, raw.get("data"), "data")
+    model = validate_section(family_cls.Config, raw.get("model"), "model")
+    options = _task_options(known_task, task_raw, origins) if task_name or task_raw else None
     train = validate_section(TrainConfig, raw.get("train"), "train")
     evaluate = validate_section(EvaluateConfig, raw.get("evaluate"), "evaluate")
-    rest = {k: raw[k] for k in ("name", "task") if k in raw}
+    rest = {k: raw[k] for k in ("name",) if k in raw}
     try:
-        config = ExperimentConfig(data=data, model=model, train=train, evaluate=evaluate, **rest)
+        config = ExperimentConfig(data=data, model=model, task=task_name, task_options=options, train=train,
+                                  evaluate=evaluate, **rest)
     except ValidationError as exc:
         raise _format_error(exc, "", ExperimentConfig) from None
     _cross_check(config)
@@ -80,10 +128,124 @@ def load_config(
 
 def _cross_check(config: ExperimentConfig) -> None:
     """Checks that span sections: names that registries must know."""
-    if config.task is not None:
-        TASKS.get(config.task)
     OPTIMIZERS.get(config.train.optimizer)
     SCHEDULERS.get(config.train.scheduler.name)
+    STRATEGIES.get(config.train.strategy)
+
+
+# ----------------------------------------------------------------------------------------------
+# the task section
+
+
+def _task_section(raw: Any) -> tuple[str | None, dict[str, Any]]:
+    """``task:`` as (name or None, the options' raw keys): a name, a mapping with ``name``, or absent.
+    A named task must be registered (stage two needs its schema)."""
+    if raw is None:
+        return None, {}
+    if isinstance(raw, str):
+        TASKS.get(raw)
+        return raw, {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"task: expected a task name (task: classification) or a mapping of its name and options "
+                          f"(task: {{name: classification, label_smoothing: 0.1}}); received {_describe(raw)}")
+    options = {str(k): v for k, v in raw.items() if k != "name"}
+    name = raw.get("name")
+    if name is None:
+        return None, options
+    if not isinstance(name, str):
+        raise ConfigError(f"task.name: expected a task name; received {_describe(name)}")
+    try:
+        TASKS.get(name)
+    except ConfigError as exc:
+        raise ConfigError(str(exc).replace("task:", "task.name:", 1)) from None
+    return name, options
+
+
+def _move_deprecated(raw: dict[str, Any], task: str | None, task_raw: dict[str, Any]) -> dict[str, str]:
+    """Move the old spellings in ``raw`` into ``task_raw`` (both changed in place); returns the moved
+    keys' old paths, for error messages. ``task``: the run's task when it is known already.
+
+    A value equal to its default is dropped without a word: every run directory written before the
+    move lists every default (``label_smoothing: 0.0`` in a regression run too), and it changes nothing."""
+    origins: dict[str, str] = {}
+    for moved in MOVED:
+        section = raw.get(moved.section)
+        if not isinstance(section, Mapping) or moved.key not in section:
+            continue
+        if moved.family is not None and section.get("family") != moved.family:
+            continue
+        section = dict(section)
+        value = section.pop(moved.key)
+        raw[moved.section] = section
+        if _is_default(TASKS.get(moved.task).Config, moved.new_key, value):
+            continue
+        target = task or moved.task
+        if moved.new_key not in TASKS.get(target).Config.model_fields:
+            if moved.refused:
+                check_adversarial(TASKS.get(target))  # the refusal the run would have given
+            warn_deprecated(f"{moved.old} is deprecated, and the '{target}' task takes no {moved.new_key}: it is "
+                            f"ignored; remove it")
+            continue
+        if moved.new_key in task_raw:
+            raise ConfigError(f"{moved.old}: given twice, here and as task.{moved.new_key}; keep task.{moved.new_key} "
+                              f"({moved.old} is the old spelling)")
+        task_raw[moved.new_key] = value
+        origins[moved.new_key] = moved.old
+        shown = f"{moved.new_key}: {_inline(value)}"
+        warn_deprecated(f"{moved.old} is deprecated; write it as task: {{name: {target}, {shown}}}")
+    return origins
+
+
+def _inline(value: Any) -> str:
+    text = yaml.safe_dump(value, default_flow_style=True, width=10_000, sort_keys=False)
+    return text.strip().removesuffix("...").strip()  # a scalar's document ends with "..."
+
+
+def _is_default(schema: type[TaskConfig], key: str, value: Any) -> bool:
+    field = schema.model_fields[key]
+    try:
+        parsed = getattr(schema.model_validate({key: value}), key)
+    except ValidationError:
+        return False  # an invalid value: validation names it, at the path the user wrote
+    return parsed == field.get_default(call_default_factory=True)
+
+
+def _task_options(task: str | None, raw: dict[str, Any], origins: Mapping[str, str]) -> TaskConfig | None:
+    """The options validated against the task's schema; without a known task, against the schema of
+    the first task (by name) that has every key given, for the run to check against the task it infers."""
+    if task is not None:
+        return validate_section(TASKS.get(task).Config, raw, "task", origins)
+    if not raw:
+        return None
+    schemas = [cls.Config for _, cls in TASKS.items()]
+    keys = set(raw)
+    fitting = [s for s in schemas if keys <= set(s.model_fields)]
+    # no schema has them all: the one with most of them says which key is unknown, with a suggestion
+    schema = fitting[0] if fitting else max(schemas, key=lambda s: len(keys & set(s.model_fields)))
+    return validate_section(schema, raw, "task", origins)
+
+
+def resolve_task_options(config: ExperimentConfig, task_cls: type, spec) -> TaskConfig:
+    """The run's options for the task it runs, ``task_cls``: ``config.task_options`` when they are that
+    task's, else their non-default values validated against its schema (options given before the
+    task was inferred, or kept from another task, e.g. ``model_copy(update={"task": ...})``).
+
+    Called while preparing a run, before any file is written."""
+    options = config.task_options
+    schema = task_cls.Config
+    if options is None:
+        return schema()
+    if type(options) is schema:
+        return options
+    given = options.model_dump(exclude_defaults=True)
+    if given.get("adversarial_training") is not None:
+        check_adversarial(task_cls, spec)  # its own refusal says more than "unknown key"
+    for key in given:
+        if key not in schema.model_fields:
+            valid = ", ".join(schema.model_fields) or "none"
+            raise ConfigError(f"task.{key}: the '{task_cls.name}' task this run trains takes no {key} (its options: "
+                              f"{valid}); remove it, or name the task it belongs to (task: {{name: ...}})")
+    return validate_section(schema, given, "task")
 
 
 def _read_raw(source: Any) -> Any:

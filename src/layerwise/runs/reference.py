@@ -46,7 +46,7 @@ def config_reference() -> str:
     from ..data import SOURCES
     from ..models import FAMILIES
     from ..tasks import TASKS
-    from ..train import OPTIMIZERS, SCHEDULERS
+    from ..train import OPTIMIZERS, SCHEDULERS, STRATEGIES
 
     out: list[str] = [
         "# Configuration reference",
@@ -61,7 +61,8 @@ def config_reference() -> str:
         f"| `name` | {ExperimentConfig.model_fields['name'].description} |",
         "| `data` | where the data comes from and how it is split (below) |",
         "| `model` | the model family and its hyperparameters (below) |",
-        f"| `task` | one of: {', '.join(TASKS.names())}; implied by the data when absent |",
+        f"| `task` | one of: {', '.join(TASKS.names())}, or a mapping of `name` and the task's options "
+        "(below); implied by the data and the model family when absent |",
         "| `train` | the training loop (below) |",
         "| `evaluate` | scoring after training (below) |",
         "",
@@ -79,12 +80,20 @@ def config_reference() -> str:
         doc = (cls.__doc__ or "").strip().splitlines()[0]
         accepts = ", ".join(sorted(cls.accepts)) or "any"
         out += _section(f"family: {name} — {doc} (inputs: {accepts})", cls.Config, skip=("family",))
+    out += ["## task", "",
+            "`task: classification`, or `task: {name: classification, label_smoothing: 0.1}` with the task's options. "
+            "A mapping without `name` gives options to the task the data and model family imply. Tasks without "
+            "options: " + ", ".join(n for n, cls in TASKS.items() if not cls.Config.model_fields) + ".", ""]
+    for name, cls in TASKS.items():
+        if cls.Config.model_fields:
+            out += _section(f"task: {name}", cls.Config)
+    out += _section("task.adversarial_training (adversarial training, docs/robustness.md)", AdversarialConfig)
     out += ["## train", ""]
-    out += [f"Optimizers: {', '.join(OPTIMIZERS.names())}. Schedulers: {', '.join(SCHEDULERS.names())}.", ""]
+    out += [f"Optimizers: {', '.join(OPTIMIZERS.names())}. Schedulers: {', '.join(SCHEDULERS.names())}. "
+            f"Strategies: {', '.join(STRATEGIES.names())}.", ""]
     out += _section("train", TrainConfig)
     out += _section("train.scheduler (a name, or a mapping with `name`)", SchedulerConfig)
     out += _section("train.early_stopping (`true` for the defaults)", EarlyStoppingConfig)
-    out += _section("train.adversarial (adversarial training, docs/robustness.md)", AdversarialConfig)
     out += ["## evaluate", ""]
     out += _section("evaluate", EvaluateConfig)
     return "\n".join(out).rstrip() + "\n"

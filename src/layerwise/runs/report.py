@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from ..core.io import atomic_write
-from ..core.sections import REPORT_SECTIONS, figure_html, html_table, pyplot, show_image
+from ..core.sections import REPORT_SECTIONS, figure_html, html_table, pyplot
+from ..data.kinds import input_kind
 
 __all__ = ["write_report"]
 
@@ -60,23 +61,17 @@ def _confusion(cm: list[list[int]], classes: list[str]) -> str:
 
 
 def _misclassified(run, wrong: list[dict[str, Any]]) -> str | None:
-    """A grid of misclassified test images from the run's own data."""
-    if run.spec.kind != "image" or not wrong:
+    """Misclassified test samples from the run's own data, as the input kind shows samples (a grid
+    of pictures; kinds without a picture of a sample show none)."""
+    if not wrong:
         return None
     split = getattr(run.data, run.metrics.get("split", "test"), None)
     if split is None:
         return None
-    plt = pyplot()
     classes = run.spec.class_names
-    cols = min(8, len(wrong))
-    rows = -(-len(wrong) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(1.4 * cols, 1.6 * rows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, item in zip(axes.flat, wrong):
-        show_image(ax, split.x[item["index"]], pixels=False)
-        ax.set_title(f"{classes[item['true']]}→{classes[item['pred']]}", fontsize=8, color="crimson")
-    return figure_html(fig, "misclassified examples (true→predicted)")
+    return input_kind(run.spec).samples_html([split.x[item["index"]] for item in wrong],
+                                             [f"{classes[item['true']]}→{classes[item['pred']]}" for item in wrong],
+                                             "misclassified examples (true→predicted)", color="crimson")
 
 
 def write_report(run) -> Path:

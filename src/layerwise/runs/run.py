@@ -34,8 +34,9 @@ from ..tasks.evaluation import EvalResult, evaluate_model
 from ..train import Callback, Checkpoint, EarlyStopping, EpochPrinter, HistoryCSV, ProgressBar, Trainer, seed_everything
 from ..train.adversarial import adversarial_task
 from ..train.energy import EnergyCallback
-from .config import load_config
-from .tools import tool
+from ..train.strategies import STRATEGIES
+from .config import load_config, resolve_task_options
+from .tools import TOOLS
 
 __all__ = ["Run", "train", "load_run", "prepare", "prepare_bundle"]
 
@@ -61,16 +62,18 @@ def prepare_bundle(config: ExperimentConfig, bundle: DataBundle, model: torch.nn
     if task_cls.target is not None and task_cls.target != bundle.spec.target:
         raise ConfigError(f"task: '{task_name}' needs a {task_cls.target} target, but {config.data.source} data "
                           f"gives a {bundle.spec.target} target; change task or the data")
-    config = config.model_copy(update={"task": task_name,
+    options = resolve_task_options(config, task_cls, bundle.spec)
+    config = config.model_copy(update={"task": task_name, "task_options": options,
                                        "model": with_defaults(config.model, task_cls.model_defaults, "model")})
-    task = task_cls(bundle.spec, config.train, bundle.preprocessor, bundle.train.y)
+    task = task_cls(bundle.spec, config.train, bundle.preprocessor, bundle.train.y, config=options)
     seed_everything(config.train.seed)  # weights do not depend on how much randomness loading used
     net = wrap_module(model, bundle.spec) if model is not None else build_model(config.model, bundle.spec)
     if model is not None:
         config = config.model_copy(update={"model": net.config})
     task.check_model(net)
     _check_monitors(config, task)
-    task = adversarial_task(task, config.train.adversarial, bundle)  # refuses what it cannot attack
+    # refuses what it cannot attack
+    task = adversarial_task(task, getattr(options, "adversarial_training", None), bundle)
     return Prepared(config, bundle, task, net)
 
 
@@ -214,13 +217,14 @@ def train(config: str | Path | Mapping[str, Any] | ExperimentConfig | None = Non
     trainer = Trainer(net, task, cfg.train, callbacks=cbs, device=device, eval_cfg=cfg.evaluate)
     if checkpoint is not None:
         trainer.resume_from(checkpoint)
+    strategy = STRATEGIES.get(cfg.train.strategy)(cfg.train)  # where the fit runs: this process (local), ...
     console.print(f"[bold]{cfg.name}[/bold]: {cfg.model.family} on {bundle.spec.kind} data "
                   f"({len(bundle.train)} train / {len(bundle.val) if bundle.val else 0} val / "
                   f"{len(bundle.test) if bundle.test else 0} test), task {cfg.task}, device {device}", highlight=False)
     console.print(f"run directory: {run_dir}", highlight=False)
     started = time.perf_counter()
     try:
-        trainer.fit(train_loader, val_loader)
+        strategy.fit(trainer, train_loader, val_loader)
     except LayerwiseError:
         if resume is None and not (run_dir / "checkpoints" / "last.pt").exists():
             shutil.rmtree(run_dir, ignore_errors=True)  # nothing worth keeping: no half-written run
@@ -240,7 +244,8 @@ def train(config: str | Path | Mapping[str, Any] | ExperimentConfig | None = Non
                 "torch_version": torch.__version__}
     metrics = {"split": split, "metrics": dict(result), "details": result.details, "training": training,
                "energy": None if energy is None else energy.result}
-    if cfg.train.adversarial is not None and cfg.train.adversarial.eval_samples:
+    adversarial = getattr(cfg.task_options, "adversarial_training", None)
+    if adversarial is not None and adversarial.eval_samples:
         metrics["robustness"] = task.robustness(net, bundle.split(split), split, device)  # clean vs robust accuracy
     _write_json(run_dir / "metrics.json", metrics)
     run.report()
@@ -270,10 +275,11 @@ class Run:
     @property
     def task(self):
         if self._task is None:
-            train_cfg = self.config.train
-            if self._class_weight is not None:
-                train_cfg = train_cfg.model_copy(update={"class_weight": self._class_weight})
-            self._task = TASKS.get(self.config.task)(self.spec, train_cfg, self.preprocessing, None)
+            options = self.config.task_options
+            if self._class_weight is not None and "class_weight" in type(options).model_fields:
+                options = options.model_copy(update={"class_weight": self._class_weight})  # 'balanced' as resolved
+            self._task = TASKS.get(self.config.task)(self.spec, self.config.train, self.preprocessing, None,
+                                                     config=options)
         return self._task
 
     @property
@@ -362,115 +368,18 @@ class Run:
 
         return write_predictions(self, self.predict(x), Path(out))
 
-    def anomaly(self, x: Any, quantile: float = 0.99, normal: list[str] | None = None,
-                labels_column: str | None = None, out: str | Path | None = None):
-        """Anomaly scores of inputs (autoencoder: reconstruction error; vae: -ELBO) flagged above the
-        ``quantile`` of the validation scores; ROC-AUC / PR-AUC when the inputs have labels."""
-        anomaly_scores = tool("anomaly_scores")
+    def __getattr__(self, name: str):
+        """Every tool whose subject is a run is a method: ``run.explain(samples=4)`` calls the tool
+        ``explain`` (``layerwise.tools.explain``) with this run; its options and defaults are the tool's."""
+        verb = name.replace("_", "-") if name not in TOOLS and name.replace("_", "-") in TOOLS else name
+        if not name.startswith("_") and (verb in TOOLS or verb in TOOLS.names()):
+            found = TOOLS.get(verb)
+            if found.subject == "run":
+                return found.bind(self)
+        raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
 
-        return anomaly_scores(self, x, quantile=quantile, normal=normal, labels_column=labels_column, out=out)
-
-    def embed(self, x: Any, out: str | Path | None = None):
-        """Latent codes (N, latent) of inputs: the autoencoder's bottleneck, the vae's posterior mean."""
-        embed = tool("embed")
-
-        return embed(self, x, out=out)
-
-    def generate(self, prompt: str = "", tokens: int = 200, temperature: float = 1.0, top_k: int | None = None,
-                 seed: int = 0, *, n: int = 64, labels: Any = None, steps: int | None = None,
-                 guidance: float = 0.0, out: str | Path | None = None):
-        """Continue ``prompt`` with ``tokens`` sampled tokens (language-model runs); returns the prompt
-        and its continuation as text. Recurrent families carry their state and causal transformers a
-        KV cache, so each new token costs one step, not a pass over everything before it.
-
-        vae, gan and diffusion runs instead return ``n`` :class:`~layerwise.tools.generate.Samples`
-        (``labels``: a class for conditional runs; ``steps``, ``guidance``: diffusion only), written
-        to ``out`` when given (a .png grid, a folder of PNGs, or a .csv for tabular runs)."""
-        if self.config.task in ("vae", "adversarial", "diffusion", "reconstruction"):
-            sample_run = tool("sample_run")
-            write_samples = tool("write_samples")
-
-            samples = sample_run(self, n, labels=labels, steps=steps, guidance=guidance, seed=seed)
-            if out is not None:
-                write_samples(samples, out)
-            return samples
-        generate_text = tool("generate_text")
-
-        return generate_text(self, prompt, tokens, temperature=temperature, top_k=top_k, seed=seed)
-
-    def quality(self, classifier: Any = None, n: int = 2000, tstr: bool = True, tstr_n: int | None = None,
-                steps: int | None = None, guidance: float = 0.0, seed: int = 0):
-        """Score ``n`` samples of a vae, gan or diffusion run with a classifier run of the same data (one is
-        trained when ``classifier`` is None): Fréchet distance in its features, per-class accuracy, and
-        train-on-synthetic / test-on-real. Writes ``RUN/quality/`` and the report's Sample quality section."""
-        quality_report = tool("quality_report")
-
-        return quality_report(self, classifier, n=n, tstr=tstr, tstr_n=tstr_n, steps=steps, guidance=guidance,
-                              seed=seed)
-
-    def forecast(self, inputs: Any, horizon: int | None = None):
-        """Forecast the steps after the recent history in ``inputs`` (a CSV path or DataFrame with the
-        run's time and value columns); returns a DataFrame of future times and predicted values."""
-        forecast_frame = tool("forecast_frame")
-
-        return forecast_frame(self, inputs, horizon)
-
-    def attack(self, method: str = "pgd", eps: list[float] | None = None, steps: int = 10, norm: str = "linf",
-               split: str = "test", samples: int = 500, target_class: Any = None):
-        """FGSM or PGD against ``samples`` examples of a split at each eps (image runs: pixel units in
-        [0, 1]); returns an AttackResult with the robustness curve and writes it into ``attack/``."""
-        attack_run = tool("attack_run")
-
-        return attack_run(self, method, eps, steps, norm, split, samples, target_class)
-
-    def fairness(self, sensitive: str, split: str = "test", data: Any = None, positive: Any = None, bins: int = 4,
-                 mitigate: str | None = None, constraint: str = "demographic_parity"):
-        """Per-group metrics by the column ``sensitive`` (tabular classification runs): accuracy, selection
-        rate, TPR/FPR, demographic-parity and equalized-odds differences; ``mitigate="threshold"`` adds
-        fairlearn's threshold optimizer fitted on the validation split. Writes ``RUN/fairness/``."""
-        fairness_report = tool("fairness_report")
-
-        return fairness_report(self, sensitive, split, data=data, positive=positive, mitigate=mitigate, bins=bins,
-                               constraint=constraint)
-
-    def explain(self, methods: list[str] | None = None, samples: int = 8, target: Any = None, split: str = "test",
-                out_dir: str | Path | None = None, trust: bool = True, seed: int = 0,
-                include_attributions: bool = False):
-        """Explain ``samples`` examples of a split with each method (default: every method that fits)
-        for the predicted class or ``target``; writes ``explain/`` and the report's Explanations
-        section; returns an ExplainResult with the attributions and the trust table."""
-        explain_run = tool("explain_run")
-
-        return explain_run(self, methods, samples, target, split, out_dir, trust, seed, include_attributions)
-
-    def compress(self, quantize: str | None = None, prune: str | None = None, sparsity: float | None = None,
-                 iterative: int = 1, finetune_epochs: int = 0, calibration_batches: int = 8,
-                 runs_dir: str | Path | None = None):
-        """Quantize (dynamic, static, qat) or prune (magnitude, structured) into a new run beside this one;
-        returns a CompressResult with its path and the comparison table (size, latency, accuracy)."""
-        compress_run = tool("compress_run")
-
-        return compress_run(self, quantize=quantize, prune=prune, sparsity=sparsity, iterative=iterative,
-                            finetune_epochs=finetune_epochs, calibration_batches=calibration_batches,
-                            runs_dir=runs_dir)
-
-    def export(self, format: str = "onnx", out: str | Path | None = None, opset: int | None = None,
-               int8: str | None = None):
-        """Export the model (``onnx``, ``torchscript`` or ``exported-program``) into ``RUN/export/``, verified
-        against PyTorch on a batch of the test split; returns an ExportResult with the max abs diff.
-        ``int8="static"|"dynamic"`` (ONNX) quantizes the verified file with onnxruntime."""
-        export_run = tool("export_run")
-
-        return export_run(self, format, out=out, opset=opset, int8=int8)
-
-    def serve(self, host: str = "127.0.0.1", port: int = 8000, backend: str = "torch", workers: int = 1,
-              max_batch: int = 64, max_wait_ms: float = 5.0, max_body_bytes: int = 8 * 1024 * 1024,
-              max_rows: int = 256) -> None:
-        """Serve the model over HTTP (FastAPI + uvicorn) until SIGTERM/SIGINT; see docs/serving.md."""
-        serve = tool("serve")
-
-        serve(self, host=host, port=port, backend=backend, workers=workers, max_batch=max_batch,
-              max_wait_ms=max_wait_ms, max_body_bytes=max_body_bytes, max_rows=max_rows)
+    def __dir__(self) -> list[str]:
+        return sorted({*super().__dir__(), *(n.replace("-", "_") for n, t in TOOLS.items() if t.subject == "run")})
 
     def report(self) -> Path:
         """(Re)write ``report.html`` and return its path."""

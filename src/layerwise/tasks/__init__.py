@@ -7,6 +7,10 @@ Tasks with their own optimization logic (a GAN's two optimizers, for instance) s
 ``manual_optimization = True``, declare their optimizers in ``configure_optimizers`` and drive them
 through the :class:`StepContext` the loop hands them, keeping accumulation, clipping, precision
 and checkpointing in the one loop.
+
+A task with options declares them as its ``Config`` (a :class:`~layerwise.core.config.TaskConfig`
+whose field descriptions are the docs), written ``task: {name: classification, label_smoothing: 0.1}``
+and validated with the rest of the config; the task reads them as ``self.config``.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
+from ..core.config import TaskConfig
 from ..core.registry import Registry, import_submodules
 
 if TYPE_CHECKING:
@@ -57,11 +62,17 @@ class Task:
     # user did not set it (a language model's transformer is causal); an explicit contrary value stays
     # and the task's check_model says why it cannot work
     model_defaults: ClassVar[dict[str, Any]] = {}
+    # the anomaly-score ability: the key of predict_batch that says how unusual an input is (None: not
+    # a scorer); `layerwise anomaly` and the report's anomaly section accept exactly these tasks
+    anomaly_score: ClassVar[str | None] = None
+    Config: ClassVar[type[TaskConfig]] = TaskConfig  # the task's options (the keys beside `name` in `task:`)
 
-    def __init__(self, spec, train_cfg, preprocessing, train_labels: torch.Tensor | None = None):
+    def __init__(self, spec, train_cfg, preprocessing, train_labels: torch.Tensor | None = None,
+                 config: TaskConfig | None = None):
         self.spec = spec
         self.train_cfg = train_cfg
         self.preprocessing = preprocessing
+        self.config = config if config is not None else type(self).Config()
 
     def check_model(self, model: torch.nn.Module) -> None:
         """Refuse, with one line, a model this task cannot train (called before any file is written)."""

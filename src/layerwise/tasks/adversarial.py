@@ -3,8 +3,8 @@ step of the one training loop.
 
 Each batch makes one discriminator step, then one generator step, through the loop's
 :class:`~layerwise.train.trainer.StepContext`; the two Adam optimizers ('generator' and
-'discriminator', lr and betas from the model config) are created, scheduled and checkpointed by the
-loop like any other, so ``--resume`` continues both.
+'discriminator', lr and betas from the task's options: ``task: {name: adversarial, lr_d: 1e-4}``) are
+created, scheduled and checkpointed by the loop like any other, so ``--resume`` continues both.
 
 Losses (``model.loss``):
 - ``non_saturating``: D minimises softplus(-D(x)) + softplus(D(G(z))), G minimises softplus(-D(G(z)))
@@ -25,13 +25,16 @@ from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
+from ..core.config import TaskConfig
 from ..core.errors import ModelError
 from ..core.sections import register_section
+from ..data.kinds import input_kind
 from . import StepOutput, Task, register_task
 from .evaluation import EvalResult
 
-__all__ = ["Adversarial", "AdversarialEvaluator", "gan_losses"]
+__all__ = ["Adversarial", "AdversarialEvaluator", "GANTaskConfig", "gan_losses"]
 
 EVAL_SEED = 0  # evaluation noise is fixed, so validation numbers are comparable across epochs
 
@@ -47,6 +50,15 @@ def gan_losses(kind: str, real: torch.Tensor | None, fake: torch.Tensor) -> torc
     return F.softplus(-real).mean() + F.softplus(fake).mean()
 
 
+class GANTaskConfig(TaskConfig):
+    """``task: {name: adversarial, ...}``: the two players' Adam optimizers (``train.optimizer``, ``lr``,
+    ``betas`` and ``weight_decay`` do not apply to them; the schedule, clipping and precision of ``train`` do)."""
+
+    lr_g: float = Field(2e-4, gt=0, description="generator learning rate (Adam)")
+    lr_d: float = Field(2e-4, gt=0, description="discriminator learning rate (Adam)")
+    betas: tuple[float, float] = Field((0.5, 0.999), description="Adam betas of both optimizers (DCGAN: 0.5)")
+
+
 @register_task("adversarial")
 class Adversarial(Task):
     """One D step and one G step per batch; metrics of both players."""
@@ -55,9 +67,10 @@ class Adversarial(Task):
     manual_optimization = True
     main_metric = "g_loss"
     greater_is_better: ClassVar[dict[str, bool]] = {"accuracy": True}
+    Config = GANTaskConfig
 
-    def __init__(self, spec, train_cfg, preprocessing, train_labels=None):
-        super().__init__(spec, train_cfg, preprocessing, train_labels)
+    def __init__(self, spec, train_cfg, preprocessing, train_labels=None, config=None):
+        super().__init__(spec, train_cfg, preprocessing, train_labels, config)
         self._eval_extra: dict[str, torch.Tensor] | None = None
 
     def check_model(self, model):
@@ -67,7 +80,7 @@ class Adversarial(Task):
                              f"neither; use family gan")
 
     def configure_optimizers(self, model):
-        cfg = model.config
+        cfg = self.config
         g_ids = {id(p) for p in model.generator.parameters()}
         if model.class_embed is not None:
             g_ids |= {id(p) for p in model.class_embed.parameters()}
@@ -160,7 +173,7 @@ class AdversarialEvaluator:
 @register_section("gan")
 def gan_section(run) -> tuple[str, str] | None:
     """A grid of generated samples (one row per class for conditional models) and D's metrics."""
-    if run.config.task != "adversarial" or run.spec.kind != "image":
+    if run.config.task != "adversarial" or not input_kind(run.spec).picture:
         return None
     from ..core.sections import image_grid_html
 

@@ -2,11 +2,33 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
+from ..core.config import AdversarialConfig, TaskConfig
 from ..core.errors import ConfigError
 from . import Task, register_task
+
+__all__ = ["Classification", "ClassificationConfig", "ClassifierOptions"]
+
+
+class ClassifierOptions(TaskConfig):
+    """Options of every task that trains a classifier on labels (classification, distillation)."""
+
+    label_smoothing: float = Field(0.0, ge=0, lt=1, description="label smoothing of the cross-entropy")
+    adversarial_training: AdversarialConfig | None = Field(
+        None, description="adversarial training (Madry et al. 2018) on continuous inputs, docs/robustness.md; off "
+                          "when absent")
+
+
+class ClassificationConfig(ClassifierOptions):
+    """``task: {name: classification, ...}``."""
+
+    class_weight: Literal["balanced"] | list[float] | None = Field(
+        None, description="weights of the classes in the loss: 'balanced' (inverse frequency) or one per class")
 
 
 @register_task("classification")
@@ -15,11 +37,12 @@ class Classification(Task):
     main_metric = "accuracy"
     greater_is_better = {"accuracy": True, "f1_macro": True, "f1_weighted": True, "roc_auc": True,
                          "precision_macro": True, "recall_macro": True, "balanced_accuracy": True}
+    Config = ClassificationConfig
 
-    def __init__(self, spec, train_cfg, preprocessing, train_labels=None):
-        super().__init__(spec, train_cfg, preprocessing, train_labels)
-        self.weight = self._class_weights(train_cfg.class_weight, train_labels)
-        self.label_smoothing = train_cfg.label_smoothing
+    def __init__(self, spec, train_cfg, preprocessing, train_labels=None, config=None):
+        super().__init__(spec, train_cfg, preprocessing, train_labels, config)
+        self.weight = self._class_weights(getattr(self.config, "class_weight", None), train_labels)
+        self.label_smoothing = self.config.label_smoothing
 
     def _class_weights(self, option, labels) -> torch.Tensor | None:
         n = self.spec.num_classes
@@ -29,7 +52,7 @@ class Classification(Task):
             counts = torch.bincount(labels, minlength=n).float().clamp_(min=1)
             return counts.sum() / (n * counts)  # scikit-learn's 'balanced' weights
         if len(option) != n:
-            raise ConfigError(f"train.class_weight: {len(option)} weights given for {n} classes; give one per class")
+            raise ConfigError(f"task.class_weight: {len(option)} weights given for {n} classes; give one per class")
         return torch.tensor(option, dtype=torch.float32)
 
     def loss(self, outputs, y):

@@ -22,9 +22,9 @@ from ..core.callback import Callback
 from ..core.errors import ConfigError, RunError
 from ..core.sections import html_table, register_section
 from . import StepOutput, register_task
-from .classification import Classification
+from .classification import Classification, ClassifierOptions
 
-__all__ = ["Distillation", "TeacherCallback", "count_errors", "distillation_loss"]
+__all__ = ["Distillation", "DistillationConfig", "TeacherCallback", "count_errors", "distillation_loss"]
 
 
 def distillation_loss(student: torch.Tensor, teacher: torch.Tensor | None, y: torch.Tensor, temperature: float,
@@ -47,15 +47,19 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor | None, y: to
     return alpha * soft + (1 - alpha) * hard
 
 
+class DistillationConfig(ClassifierOptions):
+    """``task: {name: distillation, ...}``: a classifier's options but ``class_weight`` (soft targets take no
+    class weights). The temperature and alpha are the teacher's settings (``layerwise distill``)."""
+
+
 @register_task("distillation")
 class Distillation(Classification):
     """Classification trained on a teacher's soft targets; the teacher is attached by :class:`TeacherCallback`."""
 
-    def __init__(self, spec, train_cfg, preprocessing, train_labels=None):
-        if train_cfg.class_weight is not None:
-            raise ConfigError("train.class_weight: distillation's soft targets take no class weights; remove it "
-                              "(or train the student alone with task classification)")
-        super().__init__(spec, train_cfg, preprocessing, train_labels)
+    Config = DistillationConfig
+
+    def __init__(self, spec, train_cfg, preprocessing, train_labels=None, config=None):
+        super().__init__(spec, train_cfg, preprocessing, train_labels, config)
         self.teacher: torch.nn.Module | None = None
         self.temperature = 4.0
         self.alpha = 0.9

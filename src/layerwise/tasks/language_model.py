@@ -99,8 +99,8 @@ class LanguageModel(Task):
     model_defaults: ClassVar[dict[str, Any]] = {"causal": True, "pooling": "last"}
     greater_is_better: ClassVar[dict[str, bool]] = {"accuracy": True}
 
-    def __init__(self, spec, train_cfg, preprocessing, train_labels=None):
-        super().__init__(spec, train_cfg, preprocessing, train_labels)
+    def __init__(self, spec, train_cfg, preprocessing, train_labels=None, config=None):
+        super().__init__(spec, train_cfg, preprocessing, train_labels, config)
         self.tokenizer = getattr(preprocessing, "inputs", None)
         self._char_lengths: torch.Tensor | None = None
 

@@ -15,6 +15,7 @@ import torch
 
 from ..core.errors import ModelError, RunError
 from ..core.sections import register_section
+from ..data.kinds import input_kind
 from . import StepOutput, Task, register_task
 from .evaluation import EvalResult
 
@@ -52,6 +53,7 @@ class Reconstruction(Task):
 
     target = None  # any data: the labels are never used
     predicts_target = False  # the output is a reconstruction error per sample
+    anomaly_score = "error"  # badly rebuilt inputs are unusual (Sakurada & Yairi 2014)
     main_metric = "mse"
     greater_is_better: ClassVar[dict[str, bool]] = {}
 
@@ -117,7 +119,7 @@ def reconstruction_grid(run, originals: torch.Tensor, rebuilt: torch.Tensor, tit
 
 
 def _test_images(run, n: int = 10) -> torch.Tensor | None:
-    if run.spec.kind != "image":
+    if not input_kind(run.spec).picture:
         return None
     split = getattr(run.data, run.metrics.get("split", "test"), None)
     if split is None or not len(split):

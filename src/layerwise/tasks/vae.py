@@ -16,14 +16,16 @@ import math
 from typing import Any, ClassVar
 
 import torch
+from pydantic import Field
 
+from ..core.config import TaskConfig
 from ..core.errors import ModelError, RunError
 from ..core.sections import register_section
 from . import StepOutput, Task, register_task
 from .evaluation import EvalResult
 from .reconstruction import _test_images, reconstruction_grid
 
-__all__ = ["EVAL_SEED", "VAEEvaluator", "VAETask", "importance_weighted_nll", "model_view"]
+__all__ = ["EVAL_SEED", "VAEConfig", "VAEEvaluator", "VAETask", "importance_weighted_nll", "model_view"]
 
 CHUNK = 8192  # decoder rows per call in importance_weighted_nll
 EVAL_SEED = 0  # evaluation draws its z with a fixed generator: the same run scores the same twice
@@ -69,14 +71,24 @@ class VAEEvaluator:
                           {"samples": self.count})
 
 
+class VAEConfig(TaskConfig):
+    """``task: {name: vae, ...}``."""
+
+    importance_samples: int = Field(
+        100, ge=0, description="importance samples K of the NLL bound (Burda et al. 2016) in the final evaluation "
+                               "(0: off)")
+
+
 @register_task("vae")
 class VAETask(Task):
     """Maximise the ELBO; report it with its reconstruction and KL terms, in nats per sample."""
 
     target = None  # any data: the labels are never used
     predicts_target = False  # the output is an ELBO per sample
+    anomaly_score = "score"  # -ELBO, an upper bound on -log p(x) (An & Cho 2015)
     main_metric = "elbo"
     greater_is_better: ClassVar[dict[str, bool]] = {"elbo": True}
+    Config = VAEConfig
 
     def check_model(self, model) -> None:
         if not all(hasattr(model, attr) for attr in ("encode", "decode", "terms")):
@@ -129,8 +141,8 @@ class VAETask(Task):
         return VAEEvaluator()
 
     def final_metrics(self, model, loader, eval_cfg) -> dict[str, float]:
-        """``iw_nll``: the importance-weighted bound with ``evaluate.importance_samples`` samples."""
-        k = eval_cfg.importance_samples
+        """``iw_nll``: the importance-weighted bound with ``task.importance_samples`` samples."""
+        k = self.config.importance_samples
         if not k:
             return {}
         total, count = 0.0, 0
@@ -191,7 +203,7 @@ def _vae_section(run):
         mu, _ = model.encode(x)
         mean = model.mean(model.decode(mu))  # reconstruction from the posterior mean
         rebuilt = mean if model.likelihood == "bernoulli" else pixels(mean)
-        samples = model.sample(40, torch.Generator().manual_seed(EVAL_SEED))
+        samples = model.sample(40, generator=torch.Generator().manual_seed(EVAL_SEED))
         if model.likelihood != "bernoulli":
             samples = pixels(samples)
     parts = [reconstruction_grid(run, pixels(x), rebuilt, "test inputs and their reconstructions"),

@@ -24,12 +24,17 @@ import numpy as np
 import torch
 
 from ..core.errors import ConfigError, DataError, RunError
-from ..runs.tools import tool_function
+from ..runs.tools import ToolOptions, option, register_tool
 
-__all__ = ["SCORE_TASKS", "AnomalyResult", "anomaly_scores", "check_run", "score_inputs", "validation_threshold"]
+__all__ = ["AnomalyResult", "anomaly_scores", "check_run", "score_inputs", "score_tasks", "validation_threshold"]
 
-# task -> the key of predict_batch that is the anomaly score (higher = more unusual)
-SCORE_TASKS = {"reconstruction": "error", "vae": "score"}
+
+def score_tasks() -> dict[str, str]:
+    """Task -> the key of its predict_batch that is the anomaly score (higher = more unusual), from the
+    tasks' declared ``anomaly_score``."""
+    from ..tasks import TASKS
+
+    return {name: cls.anomaly_score for name, cls in TASKS.items() if cls.anomaly_score}
 
 
 @dataclass
@@ -45,11 +50,14 @@ class AnomalyResult:
 
 def check_run(run, verb: str = "anomaly") -> str:
     """The score key for ``run``'s task; a one-line RunError for any other kind of run."""
-    task = run.config.task
-    if task not in SCORE_TASKS:
-        raise RunError(f"{verb}: {run.path} is a '{task}' run; {verb} needs an autoencoder or vae run "
-                       f"(model.family: autoencoder or vae)")
-    return SCORE_TASKS[task]
+    task, scorers = run.config.task, score_tasks()
+    if task not in scorers:
+        from ..models import FAMILIES
+
+        families = " or ".join(n for n, cls in FAMILIES.items() if getattr(cls, "implies_task", None) in scorers)
+        raise RunError(f"{verb}: {run.path} is a '{task}' run; {verb} needs an {families} run "
+                       f"(model.family: {families})")
+    return scorers[task]
 
 
 @torch.no_grad()
@@ -144,12 +152,27 @@ def _curve_metrics(truth: np.ndarray, scores: np.ndarray, flagged: np.ndarray) -
     return out
 
 
-@tool_function
-def anomaly_scores(run, source: Any, quantile: float = 0.99, normal: list[str] | None = None,
-                   labels_column: str | None = None, out: str | Path | None = None) -> AnomalyResult:
-    """Score inputs (any form ``predict`` reads), flag those above the validation threshold, and
-    with labels report ROC-AUC / PR-AUC. Writes ``out`` (CSV: id, score, is_anomaly[, true label])
+class AnomalyOptions(ToolOptions):
+    inputs: Any = option(..., "the inputs to score: any form predict reads (a file, folder, frame or array)",
+                         argument=True, metavar="INPUT")
+    quantile: float = option(0.99, "threshold: this quantile of the validation split's scores")
+    normal: list[str] | None = option(None, "a normal class of the input's labels (repeatable; default: the "
+                                      "classes the run trained on)", metavar="CLASS")
+    labels_column: str | None = option(None, "a table's boolean column marking anomalies (or its classes with "
+                                       "--normal)", metavar="C")
+    out: Path | None = option(None, "a CSV of id, score, is_anomaly (Python: none unless given)",
+                              cli_default=Path("scores.csv"))
+
+
+@register_tool("anomaly", AnomalyOptions)
+def anomaly_scores(run, options: AnomalyOptions) -> AnomalyResult:
+    """Score INPUT for anomalies (autoencoder / vae runs) into a CSV: score, is_anomaly.
+
+    Scores inputs (any form ``predict`` reads), flags those above the validation threshold, and
+    with labels reports ROC-AUC / PR-AUC. Writes ``out`` (CSV: id, score, is_anomaly[, true label])
     and records the threshold in ``RUN/anomaly.json``."""
+    source, quantile, normal, labels_column, out = (options.inputs, options.quantile, options.normal,
+                                                    options.labels_column, options.out)
     check_run(run)
     from ..data.inputs import read_inputs
 
@@ -162,7 +185,7 @@ def anomaly_scores(run, source: Any, quantile: float = 0.99, normal: list[str] |
     truth = _truth(run, source, inputs, [str(c) for c in normal] if normal else None, labels_column)
     metrics = {} if truth is None else _curve_metrics(truth, scores, flagged)
     result = AnomalyResult(inputs.ids, scores, flagged, threshold, quantile, metrics)
-    record = {"score": SCORE_TASKS[run.config.task], "quantile": quantile, "threshold": threshold,
+    record = {"score": check_run(run), "quantile": quantile, "threshold": threshold,
               "val_samples": len(val_scores), "input": str(source) if isinstance(source, (str, Path)) else None,
               "flagged": int(flagged.sum()), "samples": len(scores), "metrics": metrics}
     from ..core.io import atomic_write
@@ -180,3 +203,14 @@ def anomaly_scores(run, source: Any, quantile: float = 0.99, normal: list[str] |
         result.path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(result.path, lambda tmp: frame.to_csv(tmp, index=False))
     return result
+
+
+@anomaly_scores.printer
+def _print(result: AnomalyResult, options: AnomalyOptions) -> None:
+    from ..core.console import metrics_table
+
+    print(f"threshold: {result.threshold:.6g} (quantile {options.quantile} of validation scores); "
+          f"{int(result.is_anomaly.sum())} of {len(result.scores)} flagged")
+    if result.metrics:
+        metrics_table("anomaly detection", result.metrics)
+    print(f"scores: {result.path}")

@@ -12,14 +12,15 @@ import html
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from ..core.errors import ConfigError, RunError
 from ..core.sections import register_section
+from ..data.kinds import input_kind
 from ..ops.attacks import METHODS, AttackSpace, _check, attack_batch, pick_samples
-from ..runs.tools import tool_function
+from ..runs.tools import ToolOptions, option, register_tool
 
 __all__ = ["AttackResult", "attack_run", "robustness_section"]
 
@@ -52,9 +53,9 @@ class AttackResult:
 def _inputs(run, split_name: str, samples: int, seed: int, device: torch.device | str = "cpu"):
     """(x in attack space, y, model_fn, space) for ``samples`` examples of a split, on ``device``."""
     spec = run.spec
-    if spec.kind == "tokens":
-        raise RunError(f"{run.path}: attack needs continuous inputs, but this run's inputs are tokens "
-                       f"(integer ids cannot be perturbed by gradients); attack image, tabular or sequence runs")
+    if not input_kind(spec).continuous:
+        raise RunError(f"{run.path}: attack needs continuous inputs, but this run's inputs are {spec.kind} "
+                       f"(discrete values cannot be perturbed by gradients); attack image, tabular or sequence runs")
     if spec.target != "class":
         raise RunError(f"{run.path}: attack measures accuracy, so it needs a classification run "
                        f"(this run's target is {spec.target})")
@@ -72,14 +73,32 @@ def _target_index(run, target_class) -> int:
                       f"choose one of {', '.join(names[:20])}")
 
 
-@tool_function
-def attack_run(run, method: str = "pgd", eps_list: list[float] | tuple[float, ...] | None = None, steps: int = 10,
-               norm: str = "linf", split: str = "test", samples: int = 500, target_class: Any = None,
-               batch_size: int = 256, seed: int = 0, out_dir: str | Path | None = None,
-               device: torch.device | str = "cpu") -> AttackResult:
-    """Attack ``samples`` examples of a split at each eps; write ``attack.json`` and pictures into
-    ``RUN/attack/`` (and re-write the run's report, whose Robustness section shows them), or into
+class AttackOptions(ToolOptions):
+    method: str = option("pgd", "fgsm or pgd")
+    eps: list[float] | None = option(None, "attack strength (repeatable; images: pixel units in [0, 1]; "
+                                     "default 0.05, 0.1, 0.2, 0.3)")
+    steps: int = option(10, "PGD steps")
+    norm: str = option("linf", "linf or l2")
+    split: Literal["test", "val", "train"] = option("test", "the split whose examples are attacked")
+    samples: int = option(500, "examples of the split to attack")
+    target_class: Any = option(None, "push predictions towards this class instead of away from the truth",
+                               flag="--targeted", metavar="CLASS")
+    batch_size: int = option(256, "examples attacked at once", cli=False)
+    seed: int = option(0, "picks the examples and seeds random starts", cli=False)
+    out_dir: Path | None = option(None, "write here instead of RUN/attack/ (the report is then left alone)", cli=False)
+    device: Any = option("cpu", "where the attack runs", cli=False)
+
+
+@register_tool("attack", AttackOptions)
+def attack_run(run, options: AttackOptions) -> AttackResult:
+    """Attack a trained classification RUN with FGSM or PGD: accuracy at each eps, into RUN/attack/.
+
+    Attacks ``samples`` examples of a split at each eps; writes ``attack.json`` and pictures into
+    ``RUN/attack/`` (and re-writes the run's report, whose Robustness section shows them), or into
     ``out_dir``. eps 0 (clean accuracy) is always included."""
+    method, eps_list, steps, norm, split, samples, target_class, batch_size, seed, out_dir, device = (
+        options.method, options.eps, options.steps, options.norm, options.split, options.samples,
+        options.target_class, options.batch_size, options.seed, options.out_dir, options.device)
     if method not in METHODS:
         raise ConfigError(f"attack: unknown method '{method}'; choose one of {', '.join(METHODS)}")
     eps_values = sorted({0.0, *(float(e) for e in (eps_list or (0.05, 0.1, 0.2, 0.3)))})
@@ -116,7 +135,7 @@ def attack_run(run, method: str = "pgd", eps_list: list[float] | tuple[float, ..
     out.mkdir(parents=True, exist_ok=True)
     result.path = str(out)
     result.files.append(str(_plot_curve(result, out / "robustness.png")))
-    if run.spec.kind == "image" and examples is not None:
+    if input_kind(run.spec).picture and examples is not None:
         result.files.append(str(_plot_examples(examples, names, eps_values[-1], out / "examples.png")))
     (out / "attack.json").write_text(json.dumps(result.to_dict(), indent=2))
     if out_dir is None and (run.path / "metrics.json").is_file():
@@ -221,3 +240,15 @@ def robustness_section(run) -> tuple[str, str] | None:
             if (run.path / "attack" / name).is_file():
                 parts.append(_png(run.path / "attack" / name, alt))
     return ("Robustness", "\n".join(parts)) if parts else None
+
+
+@attack_run.printer
+def _print(result: AttackResult, options: AttackOptions) -> None:
+    from ..core.console import metrics_table
+
+    rows = {f"eps={e:g}": a for e, a in zip(result.eps, result.accuracy)}
+    metrics_table(f"accuracy under {result.method} ({result.norm}, {result.samples} {result.split} samples)", rows)
+    if result.target_rate is not None:
+        metrics_table(f"predicted as target class {result.target_class}",
+                      {f"eps={e:g}": r for e, r in zip(result.eps, result.target_rate)})
+    print(f"results: {Path(result.path) / 'attack.json'}")

@@ -13,8 +13,9 @@ import numpy as np
 from ..core.config import ExperimentConfig
 from ..core.errors import ConfigError
 from ..runs.config import load_config
+from ..runs.tools import ToolOptions, option, register_tool
 
-__all__ = ["cross_validate", "CVResult"]
+__all__ = ["CVOptions", "CVResult", "cross_validate"]
 
 
 class CVResult(dict):
@@ -28,11 +29,20 @@ def _take(x, idx: np.ndarray):
     return x.iloc[idx].reset_index(drop=True) if hasattr(x, "iloc") else x[idx]
 
 
-def cross_validate(config: str | Path | Mapping[str, Any] | ExperimentConfig | None = None, folds: int = 5, *,
-                   overrides=None, quiet: bool = True, out_dir: str | Path | None = None) -> CVResult:
-    """Train ``folds`` models, each scored on the fold it did not see; report mean ± std.
+class CVOptions(ToolOptions):
+    folds: int = option(5, "number of folds")
+    overrides: list[str] | None = option(None, "override a config key, e.g. --set train.epochs=3 (repeatable)",
+                                         flag="--set", metavar="KEY=VALUE")
+    runs_dir: Path | None = option(None, "write cv.json into a new folder here (Python: nothing is written "
+                                   "unless given)", cli_default=Path("runs"))
+    quiet: bool = option(False, "no line per fold")
 
-    The source's own test split (if any) is left out: folds are drawn from the training data.
+
+@register_tool("cv", CVOptions, subject="config")
+def cross_validate(config: str | Path | Mapping[str, Any] | ExperimentConfig | None, options: CVOptions) -> CVResult:
+    """Stratified k-fold cross-validation of CONFIG: mean ± std of each metric.
+
+    Trains ``folds`` models, each scored on the fold it did not see. The source's own test split (if any) is left out: folds are drawn from the training data.
     Each fold's training part keeps ``data.val_fraction`` aside for validation (early stopping).
 
     >>> res = cross_validate({"data": {"name": "iris"}, "model": {"family": "mlp"}}, folds=3)  # doctest: +SKIP
@@ -48,6 +58,7 @@ def cross_validate(config: str | Path | Mapping[str, Any] | ExperimentConfig | N
     from ..tasks.evaluation import evaluate_model
     from ..train import EarlyStopping, Trainer
 
+    folds, overrides, quiet, out_dir = options.folds, options.overrides, options.quiet, options.runs_dir
     if folds < 2:
         raise ConfigError(f"--folds: cross-validation needs at least 2 folds; received {folds}")
     cfg = load_config(config, overrides)
@@ -95,3 +106,13 @@ def cross_validate(config: str | Path | Mapping[str, Any] | ExperimentConfig | N
         (path / "cv.json").write_text(json.dumps(result, indent=2))
         result["path"] = str(path)
     return result
+
+
+@cross_validate.printer
+def _print(result: CVResult, options: CVOptions) -> None:
+    from ..core.console import rows_table
+
+    rows = [{"metric": key, "mean": mean, "std": f"± {std:.4f}"} for key, mean, std in result.summary()]
+    rows_table(f"{options.folds}-fold cross-validation", rows, left=("metric",))
+    if "path" in result:
+        print(f"results: {Path(result['path']) / 'cv.json'}")

@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from pydantic import ConfigDict
 
 from ..core.config import ExperimentConfig, parse_override
 from ..core.errors import ConfigError
 from ..runs.config import _read_raw, load_config
 from ..runs.run import Run, _write_json, load_run, train
+from ..runs.tools import ToolOptions, option, register_tool
 from ..tasks import TASKS
 from ..tasks.classification import Classification
 from ..tasks.distillation import TeacherCallback, count_errors
@@ -37,10 +40,14 @@ def _student_config(teacher: Run, student_config: Any, extra: Mapping[str, Any])
         raw = copy.deepcopy(dict(_read_raw(student_config) or {}))
     teacher_data = teacher.config.data.model_dump(mode="json")
     raw.setdefault("data", teacher_data)
-    if raw.get("task") not in (None, "classification", "distillation"):
-        raise ConfigError(f"task: a distilled student is a classifier; remove task '{raw['task']}' from the "
+    task = raw.get("task")
+    name = task.get("name") if isinstance(task, Mapping) else task
+    if name not in (None, "classification", "distillation"):
+        raise ConfigError(f"task: a distilled student is a classifier; remove task '{name}' from the "
                           f"student config")
-    raw["task"] = "distillation"
+    # the student's classifier options carry over (a resolved config lists the unset ones as null)
+    options = {k: v for k, v in task.items() if k != "name" and v is not None} if isinstance(task, Mapping) else {}
+    raw["task"] = {"name": "distillation", **options}
     raw.setdefault("name", f"{teacher.config.name}-student")
     cfg = load_config(raw, dict(extra) or None)
     if cfg.data.model_dump(mode="json") != teacher_data:
@@ -68,16 +75,37 @@ def _teacher_metrics(teacher: Run, split: str) -> dict[str, Any]:
     return {"split": split, "metrics": dict(result), "details": result.details}
 
 
-def distill(teacher: str | Path | Run, student_config: str | Path | Mapping[str, Any] | ExperimentConfig, *,
-            temperature: float = 4.0, alpha: float = 0.9, baseline: bool = True, runs_dir: str | Path = "runs",
-            overrides: Iterable[str] | None = None, quiet: bool = False, **kwargs: Any) -> Run:
-    """Distil a trained classification ``teacher`` run into a student built from ``student_config``.
+class DistillOptions(ToolOptions):
+    # extra keyword arguments are config overrides, as in layerwise.train (train__epochs=3)
+    model_config = ConfigDict(extra="allow", arbitrary_types_allowed=True, protected_namespaces=())
+
+    student_config: Any = option(..., "the student's config: a YAML path, dict or ExperimentConfig",
+                                 argument=True, metavar="STUDENT_CONFIG")
+    temperature: float = option(4.0, "softens both models' probabilities")
+    alpha: float = option(0.9, "weight of the soft-target term (0: plain cross-entropy on the labels)")
+    baseline: bool = option(True, "also train the student alone for comparison; --no-baseline skips it",
+                            flag="--no-baseline")
+    runs_dir: Path = option(Path("runs"), "where the student runs are written")
+    overrides: list[str] | None = option(None, "override a config key, e.g. --set train.epochs=3 (repeatable)",
+                                         flag="--set", metavar="KEY=VALUE")
+    quiet: bool = option(False, "no progress output")
+
+
+@register_tool("distill", DistillOptions, metavar="TEACHER_RUN")
+def distill(teacher: str | Path | Run, options: DistillOptions) -> Run:
+    """Distil a trained classification TEACHER_RUN into a student from STUDENT_CONFIG (Hinton et al., 2015).
+
+    The student is built from ``student_config``.
 
     ``student_config``: a YAML path, dict or config whose ``data`` section is absent (the teacher's is
     used) or equal to the teacher's; its ``model`` section is free. ``temperature`` softens both
     models' probabilities, ``alpha`` weighs the soft term (0: plain cross-entropy). Keyword overrides
     work as in :func:`layerwise.train` (``train__epochs=3``). Returns the distilled :class:`Run`.
     """
+    student_config, temperature, alpha, baseline, runs_dir, overrides, quiet = (
+        options.student_config, options.temperature, options.alpha, options.baseline, options.runs_dir,
+        options.overrides, options.quiet)
+    kwargs = dict(options.model_extra or {})
     if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature > 0):
         raise ConfigError(f"--temperature: must be a number > 0 (Hinton et al. use 2-20); received {temperature!r}")
     if not (isinstance(alpha, (int, float)) and 0 <= alpha <= 1):
@@ -112,3 +140,17 @@ def distill(teacher: str | Path | Run, student_config: str | Path | Mapping[str,
     _write_json(run.path / "metrics.json", metrics)
     run.report()
     return run
+
+
+@distill.printer
+def _print(run: Run, options: DistillOptions) -> None:
+    from ..core.console import rows_table
+
+    rows = [{"model": row["role"], "family": row["family"], "parameters": f"{row['parameters']:,}",
+             "accuracy": row["accuracy"],
+             "errors": "-" if row["errors"] is None else f"{row['errors']} / {row['samples']}"}
+            for row in run.metrics["distillation"]["rows"]]
+    rows_table(f"distillation, T={options.temperature:g}, alpha={options.alpha:g} ({run.metrics['split']} split)",
+               rows, left=("model", "family"))
+    print(f"run:    {run.path}")
+    print(f"report: {run.path / 'report.html'}")

@@ -21,9 +21,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..core.errors import RunError
 from ..core.sections import register_section
-from ..runs.tools import tool_function
-from .anomaly import _LabelsAsGiven, check_run
+from ..data.kinds import input_kind
+from ..models import FAMILIES
+from ..models.abilities import LatentEncoder, families_with, has_ability
+from ..runs.tools import ToolOptions, option, register_tool
+from .anomaly import _LabelsAsGiven
 
 __all__ = ["EmbedResult", "decode_codes", "embed", "encode_codes"]
 
@@ -35,10 +39,21 @@ class EmbedResult:
     path: Path | None = None
 
 
+def encodes(run) -> bool:
+    """Whether a run's family has the LatentEncoder ability (known without loading its weights)."""
+    return has_ability(FAMILIES.get(run.config.model.family), LatentEncoder)
+
+
+def check_encoder(run, verb: str = "embed") -> None:
+    if not encodes(run):
+        families = " or ".join(families_with(LatentEncoder))
+        raise RunError(f"{verb}: {run.path} is a '{run.config.task}' run; {verb} needs an {families} run "
+                       f"(model.family: {families})")
+
+
 def encode_codes(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Normalised inputs (B, *input_shape) -> codes (B, latent): the VAE's mu, the autoencoder's code."""
-    code = model.encode(x)
-    return code[0] if isinstance(code, tuple) else code  # VAE.encode gives (mu, logvar)
+    return model.encode_latent(x)
 
 
 def decode_codes(run, model: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
@@ -63,11 +78,20 @@ def _codes(run, x: torch.Tensor) -> np.ndarray:
     return torch.cat(parts).numpy() if parts else np.zeros((0, 0), dtype=np.float32)
 
 
-@tool_function
-def embed(run, source: Any, out: str | Path | None = None) -> EmbedResult:
-    """Latent codes (N, latent) for inputs in any form ``predict`` reads; ``out`` writes a CSV
-    (id, z0, z1, ...)."""
-    check_run(run, "embed")
+class EmbedOptions(ToolOptions):
+    inputs: Any = option(..., "the inputs to encode: any form predict reads (a file, folder, frame or array)",
+                         argument=True, metavar="INPUT")
+    out: Path | None = option(None, "a CSV of id, z0, z1, ... (Python: none unless given)",
+                              cli_default=Path("codes.csv"))
+
+
+@register_tool("embed", EmbedOptions)
+def embed(run, options: EmbedOptions) -> EmbedResult:
+    """Latent codes of INPUT (autoencoder / vae runs) into a CSV: id, z0, z1, ...
+
+    Returns the codes (N, latent) for inputs in any form ``predict`` reads; ``out`` writes a CSV."""
+    source, out = options.inputs, options.out
+    check_encoder(run)
     from ..data.inputs import read_inputs
 
     inputs = read_inputs(source, _LabelsAsGiven(run))
@@ -116,7 +140,7 @@ def _strip(images: torch.Tensor) -> str:
 
 @register_section("latent_space")
 def _latent_section(run):
-    if run.config.task not in ("reconstruction", "vae"):
+    if not encodes(run):
         return None
     split = getattr(run.data, run.metrics.get("split", "test"), None)
     if split is None or len(split) < 2:
@@ -129,7 +153,7 @@ def _latent_section(run):
     labelled = y.ndim == 1 and (y >= 0).all() and run.spec.class_names
     if labelled:
         parts.append(_scatter(codes, y, list(run.spec.class_names)))
-    if run.spec.kind == "image":
+    if input_kind(run.spec).picture:
         # endpoints: the first test image and the first one of another class, so the strip morphs
         other = int(np.nonzero(y != y[0])[0][0]) if labelled and (y != y[0]).any() else 1
         a, b = torch.from_numpy(codes[0]), torch.from_numpy(codes[other])
@@ -139,3 +163,8 @@ def _latent_section(run):
         parts.append("<p>Decoded codes on the straight line between two test images (left to right).</p>")
         parts.append(_strip(images))
     return "Latent space", "\n".join(parts)
+
+
+@embed.printer
+def _print(result: EmbedResult, options: EmbedOptions) -> None:
+    print(f"codes: {result.path} ({result.codes.shape[0]} x {result.codes.shape[1]})")

@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 
 from ..core.errors import RunError, require
-from ..runs.tools import tool_function
+from ..runs.tools import ToolOptions, option, register_tool
 
 __all__ = ["FORMATS", "INT8_MODES", "TOLERANCE", "ExportResult", "export_model", "export_run", "read_metadata",
            "sample_inputs"]
@@ -97,13 +97,25 @@ def read_metadata(path: str | Path) -> dict[str, str]:
     return json.loads(path.with_suffix(path.suffix + ".json").read_text())
 
 
-@tool_function
-def export_run(run, format: str, out: str | Path | None = None, opset: int | None = None,
-               int8: str | None = None, calibration_batches: int = 8) -> ExportResult:
-    """Export ``run``'s model in ``format`` (into ``RUN/export/`` unless ``out``) and verify it.
+class ExportOptions(ToolOptions):
+    format: str = option("onnx", "onnx, torchscript or exported-program")
+    out: Path | None = option(None, "file to write (default: RUN/export/)")
+    opset: int | None = option(None, "ONNX opset version (default: the exporter's)", ge=7)
+    int8: str | None = option(None, "also quantize the ONNX file to int8 with onnxruntime: static (calibrated on "
+                              "training data) or dynamic")
+    calibration_batches: int = option(8, "int8 static: training batches that calibrate the activation ranges",
+                                      ge=1)
 
-    ``int8`` ("static" or "dynamic", ONNX only) also quantizes the verified float32 file with
-    onnxruntime; the result then describes the int8 file, with the float32 one beside it."""
+
+@register_tool("export", ExportOptions)
+def export_run(run, options: ExportOptions) -> ExportResult:
+    """Export a trained RUN (dynamic batch), verified against PyTorch on its own test inputs.
+
+    Exports in ``format`` (into ``RUN/export/`` unless ``out``). ``int8`` ("static" or "dynamic",
+    ONNX only) also quantizes the verified float32 file with onnxruntime; the result then describes
+    the int8 file, with the float32 one beside it."""
+    format, out, opset, int8, calibration_batches = (options.format, options.out, options.opset, options.int8,
+                                                     options.calibration_batches)
     _check_format(format)
     if int8 is not None:
         if format != "onnx":
@@ -325,3 +337,16 @@ class _Calibration:
 
 
 _EXPORTERS = {"onnx": _onnx, "torchscript": _torchscript, "exported-program": _exported_program}
+
+
+@export_run.printer
+def _print(result: ExportResult, options: ExportOptions) -> None:
+    print(f"{result.format}{' int8 ' + options.int8 if options.int8 else ''}: {result.path}")
+    if result.int8 is None:
+        print(f"max abs diff vs PyTorch (batch {' and '.join(map(str, result.batches))}): {result.max_abs_diff:.3g}")
+        return
+    check = result.int8
+    print(f"float32 file: {check['fp32_path']} ({check['size_fp32']:,} bytes; int8 {check['size_int8']:,} bytes, "
+          f"{check['size_fp32'] / check['size_int8']:.1f}x smaller)")
+    agreement = f"top-1 agreement {check['agreement']:.2%}, " if "agreement" in check else ""
+    print(f"int8 vs float32 on {check['rows']} test rows: {agreement}max abs diff {check['max_abs_diff']:.3g}")

@@ -28,7 +28,7 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -36,9 +36,11 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 
 from ..core.errors import ConfigError, DataError, RunError, require
 from ..core.sections import register_section
-from ..runs.tools import tool_function
+from ..data.kinds import input_kind
+from ..runs.tools import ToolOptions, option, register_tool
 
-__all__ = ["CONSTRAINTS", "MITIGATIONS", "FairnessResult", "fairness_report", "mitigation_rows"]
+__all__ = ["CONSTRAINTS", "MITIGATIONS", "FairnessOptions", "FairnessResult", "fairness_report", "mitigation_rows",
+           "print_fairness"]
 
 MITIGATIONS = ("threshold",)
 CONSTRAINTS = ("demographic_parity", "equalized_odds")
@@ -72,8 +74,9 @@ class FairnessResult:
 
 
 def _check_run(run) -> None:
-    if run.spec.kind != "tabular" or run.spec.target != "class":
-        what = f"{run.spec.kind} inputs" if run.spec.kind != "tabular" else f"a {run.spec.target} target"
+    table = input_kind(run.spec).columns  # a sensitive column lines up with the rows of a table
+    if not table or run.spec.target != "class":
+        what = f"{run.spec.kind} inputs" if not table else f"a {run.spec.target} target"
         raise RunError(f"{run.path}: fairness needs a tabular classification run, and this run has {what}")
 
 
@@ -299,12 +302,24 @@ def _summary(y_true, y_pred, groups, order) -> dict[str, Any]:
 # -- the entry point ------------------------------------------------------------------------------------
 
 
-@tool_function
-def fairness_report(run, sensitive: str, split: str = "test", data: Any = None, positive: Any = None,
-                    mitigate: str | None = None, out_dir: str | Path | None = None, bins: int = 4,
-                    constraint: str = "demographic_parity", seed: int = 0) -> FairnessResult:
-    """Group metrics of ``split`` (or of a labelled table ``data``) by the column ``sensitive``.
+class FairnessOptions(ToolOptions):
+    sensitive: str = option(..., "fairness: metrics per group of this column (tabular runs)", metavar="COLUMN")
+    split: Literal["test", "val", "train"] = option("test", "the split whose groups are compared")
+    data: Any = option(None, "a labelled table to compare groups of instead of the split", metavar="PATH")
+    positive: Any = option(None, "fairness: the positive class (default: the second class)", metavar="LABEL")
+    bins: int = option(4, "fairness: quantile bins of a numeric column")
+    mitigate: str | None = option(None, "fairness: 'threshold' (fairlearn's ThresholdOptimizer)", metavar="METHOD")
+    constraint: str = option("demographic_parity", "fairness: demographic_parity or equalized_odds")
+    out_dir: Path | None = option(None, "write here instead of RUN/fairness/ (the report is then left alone)",
+                                  cli=False)
+    seed: int = option(0, "seeds the threshold optimizer's randomized predictions", cli=False)
 
+
+@register_tool("fairness", FairnessOptions)
+def fairness_report(run, options: FairnessOptions) -> FairnessResult:
+    """Compare a tabular classification RUN's metrics across the groups of a column, into RUN/fairness/.
+
+    Group metrics of ``split`` (or of a labelled table ``data``) by the column ``sensitive``.
     Writes ``fairness.json`` and ``groups.png`` into ``RUN/fairness/`` (or ``out_dir``) and, when
     writing into the run, refreshes its report. ``mitigate="threshold"`` also fits fairlearn's
     ThresholdOptimizer on the validation split under ``constraint`` and reports before/after.
@@ -312,6 +327,9 @@ def fairness_report(run, sensitive: str, split: str = "test", data: Any = None, 
     >>> result = run.fairness("sex", mitigate="threshold")                 # doctest: +SKIP
     >>> result.demographic_parity_difference, result.mitigation["after"]   # doctest: +SKIP
     """
+    sensitive, split, data, positive, mitigate, out_dir, bins, constraint, seed = (
+        options.sensitive, options.split, options.data, options.positive, options.mitigate, options.out_dir,
+        options.bins, options.constraint, options.seed)
     if mitigate is not None and mitigate not in MITIGATIONS:
         raise ConfigError(f"--mitigate: unknown method '{mitigate}'; choose one of {', '.join(MITIGATIONS)}")
     if constraint not in CONSTRAINTS:
@@ -474,3 +492,18 @@ def mitigation_rows(mitigation: dict[str, Any]) -> list[dict[str, Any]]:
     rows += [{"metric": f"selection_rate[{g}]", "before": before["selection_rate"][g],
               "after": after["selection_rate"][g]} for g in before["selection_rate"]]
     return rows
+
+
+@fairness_report.printer
+def print_fairness(fair: FairnessResult, options: FairnessOptions | None = None) -> None:
+    """The groups table, the two differences and the mitigation's before/after (``layerwise evaluate`` too)."""
+    from ..core.console import rows_table
+
+    title = f"groups of {fair.column}" + (f" (positive class {fair.positive})" if fair.positive else "")
+    rows_table(title, fair.groups, left=("group",))
+    print(f"demographic parity difference: {fair.demographic_parity_difference:.4f}")
+    print(f"equalized odds difference:     {fair.equalized_odds_difference:.4f}")
+    if fair.mitigation is not None:
+        rows_table(f"threshold optimizer, {fair.mitigation['constraint']}", mitigation_rows(fair.mitigation),
+                   left=("metric",))
+    print(f"fairness: {Path(fair.path) / 'fairness.json'}")

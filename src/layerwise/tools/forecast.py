@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..core.errors import ConfigError, DataError, RunError
-from ..runs.tools import tool_function
+from ..runs.tools import ToolOptions, option, register_tool
 
 __all__ = ["forecast_frame", "write_forecast"]
 
@@ -68,9 +68,37 @@ def _history(run, inputs: Any):
     return series, origin
 
 
-@tool_function
+class ForecastOptions(ToolOptions):
+    inputs: Any = option(..., "a CSV (or DataFrame) with the recent history: the run's time column and value "
+                         "columns", flag="--input", metavar="PATH")
+    horizon: int | None = option(None, "steps to forecast (default: the run's horizon)")
+    out: Path | None = option(None, "where to write the forecast (CSV); a plot is written beside it (.png). "
+                              "Python: nothing is written unless given", cli_default=Path("forecast.csv"))
+
+
+@register_tool("forecast", ForecastOptions)
+def forecast_frame(run, options: ForecastOptions):
+    """Forecast the next steps after the history in --input with a trained forecasting RUN.
+
+    Returns a DataFrame of the future times and predicted values; with ``out``, also writes it as a
+    CSV and a plot of the history and the forecast beside it (``frame.attrs["files"]``)."""
+    if options.out is None:
+        return _forecast(run, options.inputs, options.horizon)
+    csv_path, plot_path = write_forecast(run, options.inputs, options.horizon, options.out)
+    frame = _forecast(run, options.inputs, options.horizon)
+    frame.attrs["files"] = [str(csv_path), str(plot_path)]
+    return frame
+
+
+@forecast_frame.printer
+def _print(frame, options: ForecastOptions) -> None:
+    csv_path, plot_path = frame.attrs["files"]
+    print(f"forecast: {csv_path}")
+    print(f"plot:     {plot_path}")
+
+
 @torch.no_grad()
-def forecast_frame(run, inputs: Any, horizon: int | None = None):
+def _forecast(run, inputs: Any, horizon: int | None = None):
     """Forecast the ``horizon`` steps after the history in ``inputs`` (CSV path or DataFrame).
 
     Returns a DataFrame: the future timestamps (continuing the grid) and one column per target, on
@@ -113,7 +141,7 @@ def write_forecast(run, inputs: Any, horizon: int | None, out: str | Path) -> tu
 
     pre = _preprocessor(run)
     series, origin = _history(run, inputs)
-    forecast = forecast_frame(run, inputs, horizon)
+    forecast = _forecast(run, inputs, horizon)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     forecast.to_csv(out, index=False)

@@ -26,13 +26,15 @@ import numpy as np
 import torch
 
 from ..core.errors import ConfigError, RunError
+from ..data.kinds import input_kind
+from ..models import FAMILIES
+from ..models.abilities import LatentEncoder, Sampler, families_with, has_ability
 from ..ops.decoding import generate_ids, start_ids
-from ..runs.tools import tool_function
+from ..runs.tools import ToolOptions, option, register_tool
 
-__all__ = ["GENERATIVE_TASKS", "SAMPLER_REVISION", "Samples", "generate_text", "resolve_labels", "sample_many",
+__all__ = ["SAMPLER_REVISION", "Samples", "can_sample", "generate", "generate_text", "resolve_labels", "sample_many",
            "sample_run", "write_samples"]
 
-GENERATIVE_TASKS = ("vae", "adversarial", "diffusion")
 # bumped whenever the same weights and seed would give other samples (2: diffusion clips x0), so
 # that caches of samples (the synthetic data source) are rebuilt rather than reused
 SAMPLER_REVISION = 2
@@ -50,7 +52,7 @@ class Samples:
     x: torch.Tensor
     stored: np.ndarray
     labels: np.ndarray | None
-    kind: str  # "image" | "tabular"
+    kind: str  # the run's input kind: "image" | "tabular"
     class_names: list[str] | None = None
     preprocessor: Any = None  # the run's TabularPreprocessor (tables)
     target: str | None = None  # the run's target column (tables)
@@ -60,11 +62,20 @@ class Samples:
     def __len__(self) -> int:
         return len(self.stored)
 
+    @property
+    def pictures(self) -> bool:
+        """Whether the samples are pictures (uint8 images), rather than rows of a table."""
+        return input_kind(self.kind).picture
+
+    def as_inputs(self):
+        """The samples as ``Run.predict`` reads them: the uint8 pictures, or the table as a DataFrame."""
+        return self.stored if self.pictures else self.to_frame()
+
     def to_frame(self):
         """Tabular samples as a DataFrame with the original column names and category labels."""
         import pandas as pd
 
-        if self.kind != "tabular":
+        if not input_kind(self.kind).columns:
             raise RunError("to_frame: only tabular samples become a table; write images with write_samples")
         pre, enc = self.preprocessor, self.stored
         columns: dict[str, Any] = {}
@@ -97,14 +108,14 @@ def _family(run) -> str:
     return run.config.model.family
 
 
+def can_sample(run) -> bool:
+    """Whether a run's family draws samples (the Sampler ability), known without loading its weights."""
+    return has_ability(FAMILIES.get(_family(run)), Sampler)
+
+
 def _num_classes(run) -> int:
     """Classes the model can be conditioned on (0: unconditional)."""
-    model = run.model
-    if run.config.task == "adversarial":
-        return model.num_classes if model.config.conditional else 0
-    if run.config.task == "diffusion":
-        return model.num_labels
-    return 0  # the VAE has no class input
+    return run.model.sample_classes
 
 
 def resolve_labels(run, labels: Any, n: int) -> np.ndarray | None:
@@ -139,7 +150,6 @@ def resolve_labels(run, labels: Any, n: int) -> np.ndarray | None:
     return np.asarray(ids, dtype=np.int64)
 
 
-@tool_function
 @torch.no_grad()
 def sample_run(run, n: int, labels: Any = None, steps: int | None = None, guidance: float = 0.0,
                seed: int = 0, *, label_ids: np.ndarray | None = None) -> Samples:
@@ -153,40 +163,34 @@ def sample_run(run, n: int, labels: Any = None, steps: int | None = None, guidan
 
     >>> samples = sample_run(load_run("runs/gan-digits"), 16, labels=3)   # doctest: +SKIP
     """
-    task = run.config.task
-    if task == "reconstruction":
-        raise RunError(f"{run.path}: a plain autoencoder has no prior to sample; train model.family: vae "
-                       f"(or gan, diffusion) to generate")
-    if task not in GENERATIVE_TASKS:
-        raise RunError(f"{run.path}: generate draws samples from vae, gan and diffusion runs (and text from "
-                       f"language models); this run's task is {task}")
+    model = run.model.cpu().eval()  # on the CPU: the same seed gives the same samples on any machine
+    if not has_ability(model, Sampler):
+        hint = ("a plain autoencoder has no prior to sample; train model.family: vae (or gan, diffusion) to generate"
+                if has_ability(model, LatentEncoder) else
+                f"generate draws samples from {', '.join(families_with(Sampler))} runs (and text from language "
+                f"models); this run's task is {run.config.task}")
+        raise RunError(f"{run.path}: {hint}")
     if n < 1:
         raise ConfigError(f"--n: the number of samples must be at least 1; received {n}")
-    if task != "diffusion" and (steps is not None or guidance):
-        flag = "--steps" if steps is not None else "--guidance"
-        raise ConfigError(f"{flag}: only diffusion runs take sampling steps and guidance; drop it for this "
-                          f"{_family(run)} run")
+    for flag, name, value in (("--steps", "steps", steps), ("--guidance", "guidance", guidance or None)):
+        if value is not None and name not in model.sample_options:
+            takes = [f for f in families_with(Sampler) if name in getattr(FAMILIES.get(f), "sample_options", ())]
+            raise ConfigError(f"{flag}: only {', '.join(takes)} runs take it; drop it for this {_family(run)} run")
     ids = resolve_labels(run, labels, n) if label_ids is None else np.asarray(label_ids, dtype=np.int64)
     if guidance and ids is None:
-        raise ConfigError("--guidance: classifier-free guidance needs a conditional diffusion run "
-                          "(model.conditional: true); use --guidance 0")
-    model = run.model.cpu().eval()  # on the CPU: the same seed gives the same samples on any machine
+        raise ConfigError("--guidance: classifier-free guidance needs a conditional run (model.conditional: true); "
+                          "use --guidance 0")
     generator = torch.Generator().manual_seed(seed)
     pre = run.preprocessing.inputs
-    image = run.spec.kind == "image"
-    if task == "vae":
-        x = model.sample(n, generator)
-        if model.likelihood == "bernoulli":  # the VAE gives pixel intensities: back to the model's space
-            x = pre.normalize_pixels(x.clamp(0, 1))
-    elif task == "adversarial":
-        x = model.generate(n, labels=None if ids is None else torch.from_numpy(ids), seed=seed)
-    else:
-        clip = None
-        if image:  # x0 estimates stay within the pixel range [0, 1], in the model's units
-            blank = torch.zeros(1, *run.spec.input_shape)
-            clip = (pre.normalize_pixels(blank)[0], pre.normalize_pixels(blank + 1)[0])
-        x = model.sample(n, steps=steps, labels=None if ids is None else torch.from_numpy(ids),
-                         guidance=guidance, generator=generator, clip=clip)
+    image = input_kind(run.spec).picture  # pictures go back to uint8 pixels, a table's rows stay encoded
+    options = {"steps": steps, "guidance": guidance or None}
+    if image and "clip" in model.sample_options:  # x0 estimates stay within the pixel range [0, 1], in model units
+        blank = torch.zeros(1, *run.spec.input_shape)
+        options["clip"] = (pre.normalize_pixels(blank)[0], pre.normalize_pixels(blank + 1)[0])
+    x = model.sample(n, labels=None if ids is None else torch.from_numpy(ids), generator=generator,
+                     **{k: v for k, v in options.items() if v is not None})
+    if model.sample_units == "pixels":  # e.g. a Bernoulli VAE's intensities: back to the model's input space
+        x = pre.normalize_pixels(x.clamp(0, 1))
     x = x.float()
     if image:
         stored = (pre.denormalize_pixels(x).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
@@ -194,7 +198,7 @@ def sample_run(run, n: int, labels: Any = None, steps: int | None = None, guidan
         stored = x.reshape(n, -1).numpy().astype(np.float32)
     features = getattr(run.config.data, "features", None)
     target = getattr(run.config.data, "target", None)
-    return Samples(x=x, stored=stored, labels=ids, kind="image" if image else "tabular",
+    return Samples(x=x, stored=stored, labels=ids, kind=run.spec.kind,
                    class_names=[str(c) for c in run.preprocessing.classes] if run.preprocessing.classes else None,
                    preprocessor=None if image else pre, target=target if isinstance(target, str) else None,
                    feature_order=list(features) if features else None)
@@ -262,13 +266,12 @@ def image_grid(samples: Samples):
     return grid
 
 
-@tool_function
 def write_samples(samples: Samples, out: str | Path) -> list[Path]:
     """``out.png``: one image grid; ``out.csv``: a table (tabular runs); anything else: a folder of
     one PNG per sample (image runs). Returns the files written."""
     out = Path(out)
     suffix = out.suffix.lower()
-    if samples.kind == "tabular":
+    if input_kind(samples.kind).columns:
         if suffix != ".csv":
             raise ConfigError(f"--out: a tabular run writes its samples as a CSV; give a path ending in .csv "
                               f"(received {out})")
@@ -297,7 +300,6 @@ def write_samples(samples: Samples, out: str | Path) -> list[Path]:
     return files
 
 
-@tool_function
 def generate_text(run, prompt: str = "", tokens: int = 200, temperature: float = 1.0, top_k: int | None = None,
                   seed: int = 0) -> str:
     """The prompt followed by ``tokens`` generated tokens, decoded (``Run.generate`` and ``layerwise generate``)."""
@@ -312,3 +314,52 @@ def generate_text(run, prompt: str = "", tokens: int = 200, temperature: float =
     generator = torch.Generator().manual_seed(seed)
     ids = generate_ids(run.model, start_ids(tokenizer, prompt), tokens, temperature, top_k, generator)
     return prompt + tokenizer.decode(ids)
+
+
+class GenerateOptions(ToolOptions):
+    prompt: str = option("", "text to continue (default: start from nothing)")
+    tokens: int = option(200, "tokens to generate", ge=1)
+    temperature: float = option(1.0, "sampling temperature; 0 picks the most likely token every time", ge=0.0)
+    top_k: int | None = option(None, "sample among the K most likely tokens only", ge=1)
+    seed: int = option(0, "random seed (same seed, same output)")
+    n: int = option(64, "vae / gan / diffusion runs: how many samples", ge=1)
+    labels: Any = option(None, "conditional gan / diffusion runs: the class to generate (name or id; Python: "
+                         "also one per sample)", flag="--class")
+    steps: int | None = option(None, "diffusion runs: DDIM sampling steps", ge=1)
+    guidance: float = option(0.0, "diffusion runs: classifier-free guidance weight")
+    out: Path | None = option(None, "vae / gan / diffusion runs: a .png grid, a folder (one PNG each) or a .csv "
+                              "(tabular runs); default RUN/samples.png or RUN/samples.csv")
+
+
+@register_tool("generate", GenerateOptions)
+def generate(run, options: GenerateOptions):
+    """Generate text from a language-model RUN, or samples from a vae, gan or diffusion RUN.
+
+    Language-model runs: returns ``prompt`` and its continuation of ``tokens`` sampled tokens as
+    text. Recurrent families carry their state and causal transformers a KV cache, so each new
+    token costs one step, not a pass over everything before it.
+
+    vae, gan and diffusion runs: returns ``n`` :class:`Samples` (``labels``: a class for conditional
+    runs; ``steps``, ``guidance``: diffusion only), written to ``out`` (a .png grid, a folder of PNGs,
+    or a .csv for tabular runs; default ``RUN/samples.png`` or ``RUN/samples.csv``)."""
+    o = options
+    if can_sample(run) or has_ability(FAMILIES.get(_family(run)), LatentEncoder):  # an autoencoder: told why not
+        if o.prompt:
+            raise ConfigError("--prompt: only language-model runs continue a prompt; drop it for this run")
+        samples = sample_run(run, o.n, labels=o.labels, steps=o.steps, guidance=o.guidance, seed=o.seed)
+        write_samples(samples, o.out or run.path / ("samples.png" if samples.pictures else "samples.csv"))
+        return samples
+    for flag, value in (("--class", o.labels), ("--steps", o.steps), ("--guidance", o.guidance or None),
+                        ("--out", o.out)):
+        if value is not None:
+            raise ConfigError(f"{flag}: only vae, gan and diffusion runs take it; this run generates text")
+    return generate_text(run, o.prompt, o.tokens, temperature=o.temperature, top_k=o.top_k, seed=o.seed)
+
+
+@generate.printer
+def _print(result, options: GenerateOptions) -> None:
+    if isinstance(result, Samples):
+        where = result.files[0] if len(result.files) == 1 else result.files[0].parent
+        print(f"{len(result)} samples -> {where}")
+    else:
+        print(result)

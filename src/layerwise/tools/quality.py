@@ -33,7 +33,8 @@ import torch
 
 from ..core.errors import ConfigError, RunError
 from ..core.sections import register_section
-from ..runs.tools import tool_function
+from ..data.kinds import input_kind
+from ..runs.tools import ToolOptions, option, register_tool
 
 __all__ = ["QualityResult", "frechet_distance", "penultimate_features", "quality_report"]
 
@@ -128,7 +129,7 @@ def _classifier(run, classifier, epochs: int):
         if clf.config.task != "classification":
             raise ConfigError(f"--classifier: {clf.path} is a {clf.config.task} run; quality needs a classifier of "
                               f"the generator's data")
-        same_shape = run.spec.kind != "image" or clf.spec.input_shape == run.spec.input_shape
+        same_shape = not input_kind(run.spec).picture or clf.spec.input_shape == run.spec.input_shape
         if clf.spec.kind != run.spec.kind or not same_shape:
             raise ConfigError(f"--classifier: {clf.path} reads {clf.spec.kind} inputs {tuple(clf.spec.input_shape)}; "
                               f"the generator makes {run.spec.kind} {tuple(run.spec.input_shape)}")
@@ -136,7 +137,7 @@ def _classifier(run, classifier, epochs: int):
     existing = sorted((run.path / "quality").glob("classifier-*/model.safetensors"))
     if existing:  # trained by an earlier call: reuse it, so repeated calls measure with one feature space
         return load_run(existing[-1].parent)
-    family = "cnn" if run.spec.kind == "image" else "mlp"
+    family = "cnn" if input_kind(run.spec).picture else "mlp"
     cfg = {"name": "classifier", "data": run.config.data.model_dump(mode="json"), "model": {"family": family},
            "task": "classification", "train": {"epochs": epochs, "seed": 0, "progress": False}}
     return train(cfg, runs_dir=run.path / "quality", quiet=True)
@@ -169,17 +170,35 @@ def _tstr(run, clf, n: int, steps, guidance: float, seed: int, conditional: bool
             "test_samples": len(on_synthetic.data.test)}
 
 
-@tool_function
-def quality_report(run, classifier: Any = None, n: int = 2000, tstr: bool = True, tstr_n: int | None = None,
-                   steps: int | None = None, guidance: float = 0.0, seed: int = 0,
-                   classifier_epochs: int = CLASSIFIER_EPOCHS) -> QualityResult:
-    """Score ``n`` samples of a vae, gan or diffusion run with a classifier run (trained on the
-    generator's data when ``classifier`` is None); see the module docstring. ``tstr_n``: generated
-    training samples of the train-on-synthetic comparison (default ``n``)."""
-    from ..core.io import atomic_write
-    from .generate import GENERATIVE_TASKS, _num_classes, image_grid, sample_many
+class QualityOptions(ToolOptions):
+    classifier: Any = option(None, "a classifier run of the same data (default: train one into RUN/quality/)",
+                             metavar="RUN")
+    n: int = option(2000, "samples scored", ge=10)
+    tstr: bool = option(True, "train-on-synthetic / test-on-real (two training runs); --no-tstr skips it",
+                        flag="--no-tstr")
+    tstr_n: int | None = option(None, "generated training samples of train-on-synthetic (default: n)", ge=2)
+    steps: int | None = option(None, "diffusion: DDIM sampling steps", ge=1)
+    guidance: float = option(0.0, "diffusion: classifier-free guidance")
+    seed: int = option(0, "seeds the samples and the real rows compared")
+    classifier_epochs: int = option(CLASSIFIER_EPOCHS, "epochs of the default classifier", cli=False)
+    as_json: bool = option(False, "print the result as JSON", flag="--json", python=False)
 
-    if run.config.task not in GENERATIVE_TASKS:
+
+@register_tool("quality", QualityOptions)
+def quality_report(run, options: QualityOptions) -> QualityResult:
+    """Sample quality of a vae / gan / diffusion RUN: Fréchet distance, per-class accuracy, train on synthetic.
+
+    Scores ``n`` samples with a classifier run (trained on the generator's data when
+    ``classifier`` is None); see the module docstring. ``tstr_n``: generated training samples of the
+    train-on-synthetic comparison (default ``n``). Writes ``RUN/quality/`` and the report's Sample
+    quality section."""
+    classifier, n, tstr, tstr_n, steps, guidance, seed, classifier_epochs = (
+        options.classifier, options.n, options.tstr, options.tstr_n, options.steps, options.guidance, options.seed,
+        options.classifier_epochs)
+    from ..core.io import atomic_write
+    from .generate import _num_classes, can_sample, image_grid, sample_many
+
+    if not can_sample(run):
         raise RunError(f"{run.path}: quality scores the samples of vae, gan and diffusion runs; this run's task is "
                        f"{run.config.task}")
     if n < 10:
@@ -189,7 +208,7 @@ def quality_report(run, classifier: Any = None, n: int = 2000, tstr: bool = True
     clf = _classifier(run, classifier, classifier_epochs)
     conditional = _num_classes(run) > 0
     samples = sample_many(run, n, steps=steps, guidance=guidance, seed=seed)
-    gen_stored = samples.stored if samples.kind == "image" else samples.to_frame()
+    gen_stored = samples.as_inputs()
     gen_features, gen_logits = penultimate_features(clf, gen_stored)
     test = clf.data.test if clf.data.test is not None else clf.data.val
     real_features, _ = penultimate_features(clf, _rows(test, n, seed))
@@ -207,7 +226,7 @@ def quality_report(run, classifier: Any = None, n: int = 2000, tstr: bool = True
     out = run.path / "quality"
     out.mkdir(parents=True, exist_ok=True)
     files = []
-    if samples.kind == "image":
+    if samples.pictures:
         image_grid(_grid_subset(samples)).save(out / "samples.png")  # some of the samples scored, not all n
         files.append("quality/samples.png")
     result = QualityResult(run=str(run.path), classifier=str(clf.path), samples=n,
@@ -257,3 +276,21 @@ def _quality_section(run):
     if "quality/samples.png" in q.get("files", []):
         parts.append('<img src="quality/samples.png" alt="samples scored" style="max-width:100%">')
     return "Sample quality", "\n".join(parts)
+
+
+@quality_report.printer
+def _print(result: QualityResult, options: QualityOptions) -> None:
+    from ..core.console import metrics_table
+
+    if options.as_json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return
+    rows = {"frechet_distance": result.frechet_distance, "frechet_real_floor": result.frechet_real}
+    if result.per_class_accuracy:
+        rows["per_class_accuracy_mean"] = result.per_class_accuracy["mean"]
+    if result.tstr:
+        rows["tstr_synthetic_accuracy"] = result.tstr["synthetic_accuracy"]
+        rows["tstr_real_accuracy"] = result.tstr["real_accuracy"]
+    metrics_table(f"sample quality ({result.samples} samples)", rows)
+    print(f"classifier: {result.classifier}")
+    print(f"report:     {Path(result.run) / 'report.html'}")

@@ -33,6 +33,7 @@ from pydantic import Field
 from ..core.config import DataConfig
 from ..core.errors import DataError, LayerwiseError
 from ..data import SOURCES, DataSource, register_source, where
+from ..data.kinds import input_kind
 from ..data.spec import RawData
 
 __all__ = ["SyntheticConfig", "SyntheticSource", "real_splits", "synthetic_samples"]
@@ -88,11 +89,13 @@ def synthetic_samples(gen, cfg: SyntheticConfig):
 
     ``stored``: uint8 (n, C, H, W) images, or a DataFrame with the original columns (tables)."""
     from ..core.io import atomic_write
-    from .generate import GENERATIVE_TASKS, Samples, sample_many
+    from .generate import Samples, can_sample, sample_many
 
-    if gen.config.task not in GENERATIVE_TASKS:
-        raise DataError(f"data.run: {gen.path} is a {gen.config.task} run; synthetic data comes from a vae, gan or "
-                        f"diffusion run")
+    if not can_sample(gen):
+        from ..models.abilities import Sampler, families_with
+
+        raise DataError(f"data.run: {gen.path} is a {gen.config.task} run; synthetic data comes from a run of a "
+                        f"family that samples ({', '.join(families_with(Sampler))})")
     if gen.preprocessing.target != "class" or not gen.preprocessing.classes:
         raise DataError(f"data.run: {gen.path} was trained on data without class labels; synthetic data for a "
                         f"classifier needs a generator trained on labelled data")
@@ -115,11 +118,9 @@ def synthetic_samples(gen, cfg: SyntheticConfig):
         cache.parent.mkdir(exist_ok=True)
         atomic_write(cache, lambda tmp: _save_npz(tmp, stored=stored, labels=ids))
     values = np.asarray([classes[i] for i in ids.tolist()])
-    if gen.spec.kind == "image":
-        return stored, values
-    frame = Samples(x=None, stored=stored, labels=None, kind="tabular", preprocessor=gen.preprocessing.inputs,
-                    feature_order=list(getattr(gen.config.data, "features", None) or [])).to_frame()
-    return frame, values
+    samples = Samples(x=None, stored=stored, labels=None, kind=gen.spec.kind, preprocessor=gen.preprocessing.inputs,
+                      feature_order=list(getattr(gen.config.data, "features", None) or []))
+    return samples.as_inputs(), values
 
 
 def _save_npz(path, **arrays) -> None:
@@ -132,7 +133,7 @@ def _label(path: str, samples, classes: list) -> np.ndarray:
     clf = _load(path, "label_with")
     if clf.spec.target != "class" or clf.config.task != "classification":
         raise DataError(f"data.label_with: {clf.path} is a {clf.config.task} run; labelling needs a classifier")
-    predicted = clf.predict(samples.stored if samples.kind == "image" else samples.to_frame())["label"]
+    predicted = clf.predict(samples.as_inputs())["label"]
     lookup = {str(c): i for i, c in enumerate(classes)}
     names = [str(c) for c in clf.preprocessing.classes]
     missing = sorted(set(names) - set(lookup))
@@ -157,9 +158,8 @@ class SyntheticSource(DataSource):
         gen = _load(cfg.run, "run")
         x, y = synthetic_samples(gen, cfg)
         raw, real_rows, test_rows = real_splits(gen)
-        take = (lambda a, idx: a.iloc[idx].reset_index(drop=True)) if gen.spec.kind == "tabular" else (
-            lambda a, idx: a[idx])
-        if gen.spec.kind == "tabular":
+        kind = input_kind(gen.spec)  # rows of a table or of an array, taken and joined as the kind does
+        if kind.columns:
             columns = list(x.columns)
             real_x = raw.x[columns]  # the generator's feature columns, in the samples' order
             test_x = raw.x_test[columns] if raw.x_test is not None else None
@@ -169,15 +169,9 @@ class SyntheticSource(DataSource):
         if test_rows is None:  # the source's own test set (MNIST's t10k)
             x_test, y_test = test_x, np.asarray(raw.y_test)
         else:
-            x_test, y_test = take(real_x, test_rows), real_y[test_rows]
+            x_test, y_test = kind.take(real_x, test_rows), real_y[test_rows]
         if cfg.real:
-            import pandas as pd
-
-            real_train = take(real_x, real_rows)
-            if gen.spec.kind == "tabular":
-                x = pd.concat([x, real_train], ignore_index=True)
-            else:
-                x = np.concatenate([x, real_train])
+            x = kind.concat([x, kind.take(real_x, real_rows)])
             y = np.concatenate([y, real_y[real_rows]])
         return RawData(gen.spec.kind, x, y, x_test, y_test, target="class", class_names=raw.class_names,
                        origin=f"synthetic data of {gen.path}")

@@ -1,12 +1,13 @@
 """Adversarial training (Madry et al. 2018, "Towards Deep Learning Models Resistant to Adversarial
 Attacks"): minimize the loss on the worst inputs within an eps-ball of the training inputs.
 
-``train.adversarial`` extends the task's ``training_step`` (a mixin): each batch (or a ``ratio`` share of it) is
-replaced by its PGD (or FGSM) version before the task's own step, so the one training loop trains on
-it with its accumulation, clipping, precision and checkpoints unchanged. Attacks run in the same
+``task: {name: classification, adversarial_training: {eps: ...}}`` extends the task's ``training_step``
+(a mixin): each batch (or a ``ratio`` share of it) is replaced by its PGD (or FGSM) version before the
+task's own step, so the one training loop trains on it with its accumulation, clipping, precision and
+checkpoints unchanged. Attacks run in the same
 :class:`~layerwise.ops.attacks.AttackSpace` as `layerwise attack` (images in pixel units of [0, 1]).
 
->>> task = adversarial_task(task, cfg.train.adversarial, bundle)   # doctest: +SKIP
+>>> task = adversarial_task(task, cfg.task_options.adversarial_training, bundle)   # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -17,28 +18,37 @@ from typing import Any
 import torch
 
 from ..core.errors import ConfigError
+from ..data.kinds import input_kind
 from ..ops.attacks import AttackSpace, attack_batch, pick_samples
 
-__all__ = ["AdversarialTraining", "adversarial_task"]
+__all__ = ["AdversarialTraining", "adversarial_task", "check_adversarial"]
 
 _SUMS = ("adv_correct", "adv_count")  # sums of the adversarial part of each batch
+# the key, and where configs wrote it until it moved into the task's section (the old spelling goes next release)
+_KEY = "task.adversarial_training (train.adversarial in older configs)"
+
+
+def check_adversarial(task_cls: type, spec=None) -> None:
+    """Refuse, with one line, adversarial training of what it cannot attack: discrete inputs (when
+    ``spec`` is given), or a task that does not classify its labels with one optimizer."""
+    if spec is not None and not input_kind(spec).continuous:
+        raise ConfigError(f"{_KEY}: needs continuous inputs, but this run's inputs are {spec.kind} (discrete values "
+                          f"cannot be perturbed by gradients); remove it or use image, tabular or sequence data")
+    name = getattr(task_cls, "name", task_cls.__name__)
+    if task_cls.target != "class" or not task_cls.predicts_target or task_cls.manual_optimization:
+        raise ConfigError(f"{_KEY}: adversarial training needs a classification task, but this run's task is "
+                          f"'{name}'; remove it")
 
 
 def adversarial_task(task, cfg, bundle):
-    """``task`` set up for adversarial training when ``cfg`` (``train.adversarial``) is set, else ``task``.
+    """``task`` set up for adversarial training when ``cfg`` (the task's ``adversarial_training``) is set,
+    else ``task``.
 
     Refuses, with one line, what it cannot attack: called while preparing a run, before any file is
     written."""
     if cfg is None:
         return task
-    if bundle.spec.kind == "tokens":
-        raise ConfigError("train.adversarial: needs continuous inputs, but this run's inputs are tokens (integer ids "
-                          "cannot be perturbed by gradients); remove train.adversarial or use image, tabular or "
-                          "sequence data")
-    name = getattr(task, "name", type(task).__name__)
-    if task.target != "class" or not task.predicts_target or task.manual_optimization:
-        raise ConfigError(f"train.adversarial: adversarial training needs a classification task, but this run's "
-                          f"task is '{name}'; remove train.adversarial")
+    check_adversarial(type(task), bundle.spec)
     # the task becomes an instance of a subclass of its own class with the mixin in front: it keeps
     # its state, its metrics and its type (isinstance checks of other features still hold)
     task.__class__ = _with_adversarial(type(task))
@@ -55,7 +65,7 @@ def _with_adversarial(cls: type) -> type:
 class AdversarialTraining:
     """A task mixin: training batches are attacked before the task's own ``training_step``.
 
-    Set on a task by :func:`adversarial_task`, with ``adversarial`` (the ``train.adversarial`` config)
+    Set on a task by :func:`adversarial_task`, with ``adversarial`` (the ``adversarial_training`` options)
     and ``space`` (the :class:`~layerwise.ops.attacks.AttackSpace`). The history gains
     ``train_adv_accuracy``: accuracy on the adversarial part of the batches, read off the logits the
     training step computes anyway (``train_accuracy`` is over the mixed batches).

@@ -1,4 +1,5 @@
-"""A plugin's model family: a linear model over flattened inputs, registered as ``toy_linear``.
+"""A plugin: a model family (a linear model over flattened inputs, ``toy_linear``) and a tool
+(the verb ``weight-norm``).
 
 Importing this module is all a plugin does: the decorators are layerwise's public API.
 """
@@ -11,7 +12,14 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from layerwise import LayerwiseModel, ModelConfig, register_family
+from layerwise import (
+    LayerwiseModel,
+    ModelConfig,
+    ToolOptions,
+    option,
+    register_family,
+    register_tool,
+)
 
 
 class ToyLinearConfig(ModelConfig):
@@ -35,3 +43,14 @@ class ToyLinear(LayerwiseModel):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return x.flatten(1).float() * self.config.scale  # (B, features)
+
+
+class WeightNormOptions(ToolOptions):
+    decimals: int = option(3, "digits after the point", ge=0)
+
+
+@register_tool("weight-norm", WeightNormOptions)
+def weight_norm(run, options: WeightNormOptions) -> float:
+    """The L2 norm of a RUN's weights (a plugin's verb: `layerwise weight-norm RUN`)."""
+    norm = torch.sqrt(sum((p.detach().double() ** 2).sum() for p in run.model.parameters()))
+    return round(float(norm), options.decimals)

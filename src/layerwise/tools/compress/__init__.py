@@ -26,7 +26,7 @@ import torch
 from ...core.errors import ConfigError, RunError
 from ...core.sections import register_section
 from ...runs.compressed import COMPRESSION_FILE
-from ...runs.tools import tool_function
+from ...runs.tools import ToolOptions, option, register_tool
 
 __all__ = ["PRUNE_MODES", "QUANTIZE_MODES", "CompressResult", "compress_run"]
 
@@ -170,11 +170,23 @@ def _compress_model(run, original, quantize, prune, sparsity, iterative, example
     return compressed, None
 
 
-@tool_function
-def compress_run(run, quantize: str | None = None, prune: str | None = None, sparsity: float | None = None,
-                 iterative: int = 1, finetune_epochs: int = 0, calibration_batches: int = 8,
-                 runs_dir: str | Path | None = None, repeats: int = 30) -> CompressResult:
-    """Compress ``run`` (a Run or its path) into a new run directory beside it (or in ``runs_dir``).
+class CompressOptions(ToolOptions):
+    quantize: str | None = option(None, "int8 quantization: dynamic, static (calibrated) or qat (fine-tuned)")
+    prune: str | None = option(None, "pruning: magnitude (global, unstructured) or structured (removes channels)")
+    sparsity: float | None = option(None, "pruning: fraction of weights / channels to remove, in (0, 1)")
+    iterative: int = option(1, "pruning rounds towards the sparsity")
+    finetune_epochs: int = option(0, "epochs of fine-tuning after each pruning round, or of quantization-aware "
+                                  "training")
+    calibration_batches: int = option(8, "static: training batches that calibrate the activation ranges")
+    runs_dir: Path | None = option(None, "where to write the new run (default: beside RUN)")
+    repeats: int = option(30, "timed forward passes per latency figure", cli=False)
+
+
+@register_tool("compress", CompressOptions)
+def compress_run(run, options: CompressOptions) -> CompressResult:
+    """Quantize or prune a trained RUN into a new run; prints its path and the size/latency/accuracy table.
+
+    Compresses ``run`` (a Run or its path) into a new run directory beside it (or in ``runs_dir``).
 
     Exactly one of ``quantize`` (dynamic, static, qat) or ``prune`` (magnitude, structured, with
     ``sparsity`` in (0, 1), ``iterative`` rounds each followed by ``finetune_epochs`` epochs).
@@ -182,6 +194,9 @@ def compress_run(run, quantize: str | None = None, prune: str | None = None, spa
     """
     from ...runs.run import Run, _new_run_dir, _write_json, load_run
 
+    quantize, prune, sparsity, iterative, finetune_epochs, calibration_batches, runs_dir, repeats = (
+        options.quantize, options.prune, options.sparsity, options.iterative, options.finetune_epochs,
+        options.calibration_batches, options.runs_dir, options.repeats)
     _validate(quantize, prune, sparsity, iterative, finetune_epochs, calibration_batches)
     run = run if isinstance(run, Run) else load_run(run)
     if (run.path / COMPRESSION_FILE).is_file():
@@ -281,3 +296,11 @@ def _report_section(run) -> tuple[str, str] | None:
         parts.append(f"<p>global sparsity of Linear/Conv weights: {info.get('global_sparsity', 0):.4f}</p>"
                      f"<table><thead><tr><th>layer</th><th>sparsity</th></tr></thead><tbody>{body}</tbody></table>")
     return "Compression", "".join(parts)
+
+
+@compress_run.printer
+def _print(result: CompressResult, options: CompressOptions) -> None:
+    from ...core.console import console
+
+    console().print(result.rich_table())
+    print(f"run: {result.path}")

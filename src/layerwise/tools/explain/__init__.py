@@ -21,15 +21,24 @@ import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from ...core.errors import ConfigError
 from ...core.sections import register_section
-from ...runs.tools import tool_function
-from .methods import ATTENTION_METHODS, METHODS, Explained, attribute, check_methods, samples_for
+from ...data.kinds import input_kind
+from ...models.abilities import AttentionMaps, has_ability
+from ...runs.tools import ToolOptions, option, register_tool
+from .methods import (
+    ATTENTION_METHODS,
+    METHODS,
+    Explained,
+    attribute,
+    check_methods,
+    samples_for,
+)
 
 __all__ = [
     "ATTENTION_METHODS",
@@ -88,20 +97,21 @@ class _Space:
 
 
 def _has_attention(run) -> bool:
-    return callable(getattr(run.model, "attention_maps", None))
+    return has_ability(run.model, AttentionMaps)
 
 
 def methods_for(run) -> list[str]:
     """The methods that fit a run: every Captum method for float inputs and token runs (through the
     embeddings), plus attention and attention rollout for models with attention layers."""
-    if run.spec.kind == "video":
-        raise ConfigError("explain: video runs are not supported yet; explain image, tabular, text or sequence runs")
+    if input_kind(run.spec).explained_as is None:
+        raise ConfigError(f"explain: {run.spec.kind} runs are not supported yet; explain image, tabular, text or "
+                          f"sequence runs")
     return list(METHODS) + (list(ATTENTION_METHODS) if _has_attention(run) else [])
 
 
 def _space(run, stored: torch.Tensor) -> _Space:
-    kind = run.spec.kind
-    if kind == "image":
+    explained_as = input_kind(run.spec).explained_as  # pixels (patches of a picture), columns or positions
+    if explained_as == "pixels":
         from . import images
 
         x = images.pixels(run, stored)
@@ -110,7 +120,7 @@ def _space(run, stored: torch.Tensor) -> _Space:
         return _Space(x, lambda m: images.pixel_forward(run, m), images.BASELINE, mask.expand_as(x),
                       {"feature_mask": mask, "window": (x.shape[1], p, p)})
     x = run.preprocessing.inputs.batch(stored)
-    if kind == "tabular":
+    if explained_as == "columns":
         from . import tabular
 
         _names, ids = tabular.columns(run)
@@ -151,7 +161,7 @@ def _trust(run, space: _Space, methods: list[str], targets: torch.Tensor, seed: 
     for method in methods:
         if method in ATTENTION_METHODS:
             continue
-        if run.spec.kind in ("tokens", "sequence"):
+        if input_kind(run.spec).explained_as == "positions":
             from .sequences import trust_arguments
 
             table[method] = trust.assess(**trust_arguments(run, space.x, method, seed), target=targets)
@@ -188,17 +198,34 @@ def _plot_trust_curves(run, space: _Space, attributions: dict[str, np.ndarray], 
     return str(trust.plot_curves(curves, out / "trust_curves.png", f"{len(space.x)} samples"))
 
 
-@tool_function
-def explain_run(run, methods: list[str] | tuple[str, ...] | None = None, samples: int = 8, target: Any = None,
-                split: str = "test", out_dir: str | Path | None = None, trust: bool = True, seed: int = 0,
-                include_attributions: bool = False) -> ExplainResult:
-    """Explain ``samples`` examples of a split with each method; write ``explain.json`` and pictures
+class ExplainOptions(ToolOptions):
+    methods: list[str] | None = option(None, "saliency, integrated_gradients, gradient_shap, kernel_shap, lime, "
+                                       "occlusion, attention, attention_rollout (repeatable; default: every method "
+                                       "that fits the run)", flag="--method")
+    samples: int = option(8, "examples to explain")
+    target: Any = option(None, "explain this class instead of the predicted one")
+    split: Literal["test", "val", "train"] = option("test", "the split the examples come from")
+    out_dir: Path | None = option(None, "write here instead of RUN/explain/", cli=False)
+    trust: bool = option(True, "the trust table (deletion/insertion curves, sanity checks); --no-trust skips it "
+                         "(faster)", flag="--no-trust")
+    seed: int = option(0, "picks the samples and seeds sampling methods")
+    include_attributions: bool = option(False, "print explain.json, raw attributions included", flag="--json")
+
+
+@register_tool("explain", ExplainOptions)
+def explain_run(run, options: ExplainOptions) -> ExplainResult:
+    """Explain a trained RUN's predictions (Captum attributions, pictures, trust table) into RUN/explain/.
+
+    Explains ``samples`` examples of a split with each method; writes ``explain.json`` and pictures
     into ``RUN/explain/`` (or ``out_dir``) and the "Explanations" section of the run's report.
 
     ``methods``: default every method that fits the run (see :func:`methods_for`); ``target``: a class
     name to explain instead of the predicted class; ``trust``: compute the trust table;
     ``include_attributions``: put the raw attributions into explain.json too.
     """
+    methods, samples, target, split, out_dir, trust, seed, include_attributions = (
+        options.methods, options.samples, options.target, options.split, options.out_dir, options.trust,
+        options.seed, options.include_attributions)
     fits = methods_for(run)
     if methods and any(m in ATTENTION_METHODS for m in methods) and not _has_attention(run):
         from .attention import check_attention
@@ -217,11 +244,12 @@ def explain_run(run, methods: list[str] | tuple[str, ...] | None = None, samples
     out = Path(out_dir) if out_dir is not None else run.path / "explain"
     out.mkdir(parents=True, exist_ok=True)
     kind = run.spec.kind
-    if kind == "image":
+    explained_as = input_kind(run.spec).explained_as  # pixels, columns or positions
+    if explained_as == "pixels":
         from .images import explain_images
 
         explained = explain_images(run, space.x, y, targets, methods, out, seed)
-    elif kind == "tabular":
+    elif explained_as == "columns":
         from .tabular import explain_tabular
 
         explained = explain_tabular(run, space.x, y, targets, methods, out, seed, split)
@@ -230,7 +258,7 @@ def explain_run(run, methods: list[str] | tuple[str, ...] | None = None, samples
 
         explained = explain_sequences(run, space.x, y, targets, methods, out, seed)
     table, note = _trust(run, space, methods, targets, seed) if trust else ({}, "not computed (--no-trust)")
-    if table and kind in ("image", "tabular"):
+    if table and explained_as != "positions":  # positions are removed by their own rules (sequences.trust_arguments)
         explained.files.append(_plot_trust_curves(run, space, explained.attributions, targets, seed, out))
     names = run.spec.class_names or [str(i) for i in range(run.spec.num_outputs)]
     if run.spec.target == "class":
@@ -323,3 +351,19 @@ def _report_section(run) -> tuple[str, str] | None:
     if saved.get("trust_note"):
         parts.append(f"<p>{html.escape(saved['trust_note'])}</p>")
     return "Explanations", "\n".join(parts)
+
+
+@explain_run.printer
+def _print(result: ExplainResult, options: ExplainOptions) -> None:
+    from ...core.console import rows_table
+
+    if options.include_attributions:  # --json
+        print((Path(result.path) / "explain.json").read_text())
+        return
+    short = {"random_deletion_auc": "random del.", "random_insertion_auc": "random ins.",
+             "randomisation_spearman": "rand. spearman"}
+    rows_table(f"how far to trust each explanation ({result.samples} {options.split} samples)",
+               trust_rows(result.trust), left=("method", "sanity check"), headers=short)
+    if result.trust_note:
+        print(result.trust_note)
+    print(f"explanations: {result.path}")

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from ...core.errors import ConfigError
+from ...data.kinds import input_kind
 
 __all__ = [
     "attention_families",
@@ -132,27 +133,17 @@ def attention_labels(run, x: torch.Tensor) -> tuple[list[str], list[int]]:
     model = run.model
     positions: list[str]
     keep: list[int]
-    if run.spec.kind == "tokens":
-        pre = run.preprocessing.inputs
-        ids = x[0].tolist()
-        positions = [_axis_token(pre.decode([i])) for i in ids]
-        keep = [t for t, i in enumerate(ids) if i != pre.pad_id] or list(range(len(ids)))  # an empty text: show all
-    elif run.spec.kind == "image":
+    kind = input_kind(run.spec)
+    if kind.picture:  # the model's patches, not the input's own axes
         grid = getattr(model, "grid", None)
         count = grid[0] * grid[1] if grid else 0
         positions = [f"p{i}" for i in range(count)]
         keep = list(range(count))
-    else:
-        positions = [f"t{t}" for t in range(x.shape[1])]
-        keep = list(range(x.shape[1]))
+    else:  # decoded tokens, time steps...: the kind labels its positions
+        positions, keep = kind.position_labels(run.preprocessing.inputs, x[0])
     if _has_cls(model):
         return ["[CLS]"] + positions, [0] + [k + 1 for k in keep]
     return positions, keep
-
-
-def _axis_token(token: str) -> str:
-    """A token as an axis label: spaces, newlines and tabs made visible."""
-    return token.replace(" ", "\u2423").replace("\n", "\u21b5").replace("\t", "\u21e5") or "\u2205"
 
 
 def _plt():
@@ -275,7 +266,7 @@ def _attention_figures(run, x: torch.Tensor, out_dir: Path, maps: list[torch.Ten
 
     row = prediction_row(model, rollout([m[:1] for m in maps]))[0].numpy()  # (T,)
     cls = 1 if _has_cls(model) else 0
-    grid = tuple(model.grid) if run.spec.kind == "image" and hasattr(model, "grid") else None
+    grid = tuple(model.grid) if input_kind(run.spec).picture and hasattr(model, "grid") else None
     path = out_dir / "attention_rollout.png"
     if grid is not None:
         fig = plot_rollout(row[cls:], labels[cls:], "attention rollout over patches", grid, _display_image(x[0]))

@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from ...core.errors import ConfigError
+from ...data.kinds import input_kind
 from .attention import (
     _attention_figures,
     attention_maps,
@@ -231,7 +232,7 @@ def explain_sequences(run, x: torch.Tensor, y: torch.Tensor | None, targets: tor
     >>> out = explain_sequences(run, x, y, run.model(x).argmax(1), ["integrated_gradients"], Path("e"))  # doctest: +SKIP
     """
     kind = run.spec.kind
-    if kind not in ("tokens", "sequence"):
+    if input_kind(run.spec).explained_as != "positions":
         raise ConfigError(f"explain: explain_sequences takes tokens or sequence runs; this run's inputs are {kind}")
     for method in methods:
         if method not in METHODS + ATTENTION_METHODS:

@@ -21,8 +21,15 @@ from pathlib import Path
 from typing import Any
 
 from ...core.errors import ConfigError, require
-from ...runs.tools import tool_function
-from .app import DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_ROWS, ENV, app_from_env, check_settings, create_app
+from ...runs.tools import ToolOptions, option, register_tool
+from .app import (
+    DEFAULT_MAX_BODY_BYTES,
+    DEFAULT_MAX_ROWS,
+    ENV,
+    app_from_env,
+    check_settings,
+    create_app,
+)
 from .backends import BACKENDS, ensure_onnx
 from .batching import MicroBatcher
 
@@ -31,11 +38,23 @@ __all__ = ["BACKENDS", "ENV", "MicroBatcher", "app_from_env", "create_app", "ser
 GRACEFUL_TIMEOUT_S = 30  # longest wait for in-flight requests at shutdown
 
 
-@tool_function
-def serve(run: Any, host: str = "127.0.0.1", port: int = 8000, backend: str = "torch", workers: int = 1,
-          max_batch: int = 64, max_wait_ms: float = 5.0, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-          max_rows: int = DEFAULT_MAX_ROWS, log_level: str = "info") -> None:
-    """Serve ``run`` (a Run or its directory) until SIGTERM or SIGINT, then shut down gracefully.
+class ServeOptions(ToolOptions):
+    host: str = option("127.0.0.1", "address to listen on (0.0.0.0: every interface)")
+    port: int = option(8000, "port to listen on (0: any free port)", ge=0, le=65535)
+    backend: str = option("torch", "torch, onnx or onnx-int8 (RUN/export/model[.int8].onnx, made if missing)")
+    workers: int = option(1, "uvicorn worker processes")
+    max_batch: int = option(64, "rows merged into one forward at most")
+    max_wait_ms: float = option(5.0, "longest wait for a batch to fill")
+    max_body_mb: float = option(DEFAULT_MAX_BODY_BYTES / 2**20, "larger request bodies get 413")
+    max_rows: int = option(DEFAULT_MAX_ROWS, "more rows in one request get 422")
+    log_level: str = option("info", "uvicorn's (warning: no access log)")
+
+
+@register_tool("serve", ServeOptions)
+def serve(run: Any, options: ServeOptions) -> None:
+    """Serve a trained RUN over HTTP (FastAPI + uvicorn): POST /predict, GET /health, /metadata, /docs.
+
+    Serves ``run`` (a Run or its directory) until SIGTERM or SIGINT, then shuts down gracefully.
 
     The run, the backend and the settings are checked (and the ONNX file exported when missing)
     before uvicorn starts, so a mistake is a one-line error rather than a dead server. With
@@ -44,6 +63,10 @@ def serve(run: Any, host: str = "127.0.0.1", port: int = 8000, backend: str = "t
     """
     from ...runs.run import Run, load_run
 
+    host, port, backend, workers, max_batch, max_wait_ms, max_rows, log_level = (
+        options.host, options.port, options.backend, options.workers, options.max_batch, options.max_wait_ms,
+        options.max_rows, options.log_level)
+    max_body_bytes = int(options.max_body_mb * 2**20)
     uvicorn = require("uvicorn", "serve")
     check_settings(backend, max_batch, max_wait_ms, max_body_bytes, max_rows)
     if workers < 1:

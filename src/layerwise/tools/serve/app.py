@@ -204,7 +204,7 @@ def create_app(run, backend: str = "torch", max_batch: int = 64, max_wait_ms: fl
     @app.post("/predict/image", response_model=PredictResponse, response_model_exclude_none=True,
               summary="Predict for uploaded image files (image runs)")
     async def predict_image(files: Annotated[list[UploadFile], File(description="one or more image files")]):
-        if schema.kind != "image":
+        if not schema.request.takes_image_files:
             raise invalid(("body", "files"), f"files: this run takes {schema.kind} inputs; POST JSON to /predict")
         if len(files) > max_rows:
             raise invalid(("body", "files"), f"files: {len(files)} images, more than this server's limit of "

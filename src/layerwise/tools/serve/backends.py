@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ...core.errors import ConfigError, require
+from ...data.kinds import input_kind
 
 __all__ = ["BACKENDS", "OnnxBackend", "TorchBackend", "ensure_onnx", "make_backend", "onnx_path"]
 
@@ -53,7 +54,7 @@ def ensure_onnx(run, int8: bool = False) -> Path:
         from ..export import export_run
 
         if int8:
-            export_run(run, "onnx", int8="static" if run.spec.kind == "image" else "dynamic")
+            export_run(run, "onnx", int8="static" if input_kind(run.spec).picture else "dynamic")
         else:
             export_run(run, "onnx", out=path)
     return path

@@ -1,0 +1,177 @@
+"""``tabular``: one row of a table per sample, stored as (F,) float32 features.
+
+Numeric columns are imputed and standardised, categorical ones one-hot encoded or kept as
+embedding indices (:class:`~layerwise.data.preprocess.TabularPreprocessor`, fitted on the training
+rows). The kind owns: that fit; reading new rows from a DataFrame, an array, a CSV/Parquet table or
+a 2-D .npz array; and the serving schema (rows as objects keyed by column, or lists in column order).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from ...core.errors import DataError
+from ..preprocess import TabularPreprocessor, numeric_or_junk
+from ..spec import Split
+from . import Fitted, InputKind, register_kind
+from ._inputs import TABLE_SUFFIXES, Inputs, encode_labels, input_path, read_npz_inputs
+from ._serving import InputError, RequestSchema, preview, type_name
+
+__all__ = ["TabularKind", "TabularRequest"]
+
+
+@register_kind("tabular")
+class TabularKind(InputKind):
+    description = "(F,) float32 features: a table's columns, imputed, standardised and encoded"
+    columns = True
+    explained_as = "columns"
+
+    def fit(self, x: Any, train_idx: np.ndarray, cfg: Any, origin: str) -> Fitted:
+        """Numeric columns (numbers, or text that parses as numbers) and categorical ones (the rest,
+        and any listed in ``data.categorical_columns``), fitted on the training rows."""
+        categorical = list(getattr(cfg, "categorical_columns", None) or [])
+        numeric = []
+        for col in x.columns:
+            if col in categorical:
+                continue
+            column = x[col]
+            if column.dtype.kind in "iufb":
+                numeric.append(col)
+            elif numeric_or_junk(column, col, origin) is not None:
+                numeric.append(col)
+            else:
+                categorical.append(col)
+        pre = TabularPreprocessor(numeric, categorical, getattr(cfg, "categorical_encoding", "auto"),
+                                  getattr(cfg, "impute", "mean"), cfg.normalize, origin).fit(x.iloc[train_idx])
+        names = pre.feature_names
+        return Fitted(pre, (len(names),), {"feature_names": names, "categorical": pre.categorical_slots})
+
+    def encode(self, preprocessor: TabularPreprocessor, x: Any) -> torch.Tensor:
+        return torch.from_numpy(preprocessor.transform(x))
+
+    def take(self, x: Any, idx: np.ndarray) -> Any:
+        return x.iloc[idx].reset_index(drop=True)
+
+    def concat(self, parts: list[Any]) -> Any:
+        import pandas as pd
+
+        return pd.concat(parts, ignore_index=True)
+
+    def read_inputs(self, source: Any, run: Any, need_labels: bool = False) -> Inputs:
+        """A DataFrame, an (N, F) array in the run's column order, a CSV/Parquet table or a .npz archive."""
+        import pandas as pd
+
+        names = run.preprocessing.inputs.numeric + run.preprocessing.inputs.categorical
+        if isinstance(source, pd.DataFrame):
+            return _frame_inputs(source.reset_index(drop=True), run, "DataFrame", need_labels)
+        if isinstance(source, (np.ndarray, torch.Tensor)):
+            arr = np.asarray(source)
+            if arr.ndim != 2 or arr.shape[1] != len(names):
+                raise DataError(f"array of shape {arr.shape}: expected (N, {len(names)}) columns "
+                                f"{', '.join(names[:8])}")
+            return _frame_inputs(pd.DataFrame(arr, columns=names), run, "array", need_labels)
+        path = input_path(source)
+        suffix = path.suffix.lower()
+        if suffix in TABLE_SUFFIXES:
+            from ..tabular import read_table
+
+            return _frame_inputs(read_table(path, getattr(run.config.data, "delimiter", ",")),
+                                 run, str(path), need_labels)
+        if suffix == ".npz":
+            x, labels = read_npz_inputs(path, need_labels, self.name)
+            # an array has no column names: its columns are the run's feature columns, in order
+            if x.shape[1] != len(names):
+                raise DataError(f"{path}: 'x' has {x.shape[1]} columns; the run expects {len(names)} "
+                                f"({', '.join(names[:8])}{'...' if len(names) > 8 else ''})")
+            frame = x.set_axis(names, axis=1)
+            inputs = _frame_inputs(frame, run, str(path), False)
+            return Inputs(Split(inputs.split.x, encode_labels(labels, run, str(path), len(frame))), inputs.ids, labels)
+        raise DataError(f"{path}: expected a .csv, .parquet or .npz file for this tabular run")
+
+    def request_schema(self, run: Any) -> RequestSchema:
+        return TabularRequest(run.preprocessing.inputs)
+
+
+def _frame_inputs(frame, run, origin: str, need_labels: bool) -> Inputs:
+    """A frame's feature columns encoded as in training; its target column(s), when present, as labels."""
+    target_cols = run.spec.target_names or ["target"]
+    has = all(c in frame.columns for c in target_cols)
+    if need_labels and not has:
+        raise DataError(f"{origin}: target column '{target_cols[0]}' is missing; evaluation needs labels")
+    labels = None
+    if has:
+        labels = frame[target_cols[0]].to_numpy() if len(target_cols) == 1 else frame[target_cols].to_numpy()
+    x = torch.from_numpy(run.preprocessing.inputs.transform(frame, origin))
+    return Inputs(Split(x, encode_labels(labels, run, origin, len(x))), [str(i) for i in range(len(x))], labels)
+
+
+class TabularRequest(RequestSchema):
+    """Rows as objects keyed by column name, or lists in column order (the order of ``GET /metadata``).
+
+    Every column must be present; ``null`` is a missing value (imputed as in training); numeric
+    columns take numbers, categorical columns strings or numbers."""
+
+    kind = "tabular"
+
+    def __init__(self, pre: TabularPreprocessor):
+        self.pre = pre
+        self.numeric = list(pre.numeric)
+        self.categorical = list(pre.categorical)
+        self.columns = self.numeric + self.categorical
+
+    def describe(self) -> dict[str, Any]:
+        columns = [{"name": c, "dtype": "number", "missing": "null, imputed with the training fill value"}
+                   for c in self.numeric]
+        columns += [{"name": c, "dtype": "string", "levels": list(self.pre.levels_.get(c, [])),
+                     "unknown": "unseen values and null share one extra level"} for c in self.categorical]
+        return {"kind": "tabular", "columns": columns,
+                "row_format": "an object keyed by column name, or a list of values in this column order"}
+
+    def example(self) -> list[Any]:
+        row: dict[str, Any] = {c: round(float(self.pre.mean_.get(c, 0.0)), 3) for c in self.numeric}
+        row.update({c: (self.pre.levels_.get(c) or [None])[0] for c in self.categorical})
+        return [row]
+
+    def check_row(self, i: int, row: Any) -> None:
+        if isinstance(row, dict):
+            unknown = [k for k in row if k not in self.columns]
+            if unknown:
+                raise InputError(f"inputs[{i}]: unknown column {unknown[0]!r}; the run's columns are "
+                                 f"{', '.join(self.columns)}")
+            missing = [c for c in self.columns if c not in row]
+            if missing:
+                raise InputError(f"inputs[{i}]: column {missing[0]!r} is missing (send null for a missing value)")
+            items = row.items()
+        elif isinstance(row, list):
+            if len(row) != len(self.columns):
+                raise InputError(f"inputs[{i}]: expected {len(self.columns)} values ({', '.join(self.columns)}), "
+                                 f"got {len(row)}")
+            items = zip(self.columns, row)
+        else:
+            raise InputError(f"inputs[{i}]: expected an object keyed by column name or a list of "
+                             f"{len(self.columns)} values, got {type_name(row)}")
+        for name, value in items:
+            if value is None:
+                continue
+            if name in self.numeric:
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise InputError(f"inputs[{i}].{name}: expected a number or null, got {type_name(value)} "
+                                     f"{preview(value)}")
+            elif isinstance(value, bool) or not isinstance(value, (str, int, float)):
+                raise InputError(f"inputs[{i}].{name}: expected a string, a number or null, got {type_name(value)}")
+
+    def to_source(self, rows: list[Any]):
+        """Rows (objects or lists) as a DataFrame with the run's columns; null -> missing."""
+        import pandas as pd
+
+        records = [row if isinstance(row, dict) else dict(zip(self.columns, row)) for row in rows]
+        data: dict[str, Any] = {}
+        for c in self.numeric:
+            data[c] = np.array([np.nan if r[c] is None else float(r[c]) for r in records], dtype=np.float64)
+        for c in self.categorical:
+            data[c] = pd.Series([r[c] for r in records], dtype=object)
+        return pd.DataFrame(data, columns=self.columns)
+
