@@ -68,6 +68,26 @@ def test_image_samples_test_on_the_real_test_split_and_are_cached(digits_gan, tm
     assert torch.equal(again.train.x, clf.data.train.x) and cached[0].stat().st_mtime_ns == stamp
 
 
+def test_classes_the_samples_miss_are_still_classes_of_the_classifier(tmp_path):
+    """An integer-labelled table without class names (as MNIST's IDX files are): 2 samples of a
+    3-class conditional gan show classes 0 and 1 only, while the real test split has all three."""
+    rng = np.random.default_rng(0)
+    label = np.arange(90) % 3
+    frame = pd.DataFrame({"x1": rng.normal(0, 1, 90) + 3 * label, "x2": rng.normal(0, 1, 90), "label": label})
+    frame.to_csv(tmp_path / "three.csv", index=False)
+    gan = layerwise.train({"name": "gan", "data": {"source": "csv", "path": str(tmp_path / "three.csv"),
+                                                   "target": "label"},
+                           "model": {"family": "gan", "hidden": [8], "latent": 2, "conditional": True},
+                           "train": dict(TRAIN)}, quiet=True, runs_dir=tmp_path / "runs")
+    clf = layerwise.train({"name": "few", "data": {"source": "synthetic", "run": str(gan.path), "n": 2,
+                                                   "val_fraction": 0.0},
+                           "model": {"family": "mlp", "hidden": [4]}, "train": dict(TRAIN)},
+                          quiet=True, runs_dir=tmp_path / "runs")
+    assert sorted(set(clf.data.train.y.tolist())) == [0, 1]
+    assert clf.spec.num_classes == 3 and set(clf.data.test.y.tolist()) == {0, 1, 2}
+    assert 0 <= clf.evaluate()["accuracy"] <= 1
+
+
 def test_real_true_adds_the_generators_real_training_samples(digits_gan, tmp_path):
     cfg = {"name": "mix", "data": {"source": "synthetic", "run": str(digits_gan.path), "n": 100, "real": True},
            "model": {"family": "mlp", "hidden": [16]}, "train": dict(TRAIN)}

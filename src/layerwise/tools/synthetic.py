@@ -173,5 +173,12 @@ class SyntheticSource(DataSource):
         if cfg.real:
             x = kind.concat([x, kind.take(real_x, real_rows)])
             y = np.concatenate([y, real_y[real_rows]])
-        return RawData(gen.spec.kind, x, y, x_test, y_test, target="class", class_names=raw.class_names,
+        # every class of the generator, even one its samples never show (an under-trained unconditional
+        # generator labelled by a classifier): the real test split still holds it, and a classifier
+        # that never saw it should score low on it, not refuse to be trained
+        classes = list(gen.preprocessing.classes)
+        names = raw.class_names
+        if names is None and classes == list(range(len(classes))):
+            names = [str(c) for c in classes]
+        return RawData(gen.spec.kind, x, y, x_test, y_test, target="class", class_names=names,
                        origin=f"synthetic data of {gen.path}")
