@@ -27,8 +27,31 @@ def image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def load_images(files: list[Path], size: tuple[int, int], channels: int | str) -> np.ndarray:
-    """Decode, convert and resize images into one uint8 array (N, C, H, W)."""
+class ImageTooLarge(DataError):
+    """An image declares more pixels than allowed: a decompression bomb, or just too big to decode.
+
+    ``pixels``: how many it declares (None when Pillow refused it before its size could be read)."""
+
+    def __init__(self, message: str, pixels: int | None = None):
+        super().__init__(message)
+        self.pixels = pixels
+
+
+def _declared_pixels(exc: Exception) -> int | None:
+    """The pixel count in Pillow's DecompressionBombError message ("Image size (900000000 pixels) ...")."""
+    import re
+
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    return int(found.group(1)) if found else None
+
+
+def load_images(files: list[Path], size: tuple[int, int], channels: int | str,
+                max_pixels: int | None = None) -> np.ndarray:
+    """Decode, convert and resize images into one uint8 array (N, C, H, W).
+
+    ``max_pixels``: an image whose header declares more (width x height) raises ImageTooLarge before
+    any pixel is decoded; so does one over Pillow's own decompression-bomb limit (about 179 million).
+    """
     from PIL import Image, UnidentifiedImageError
 
     mode = None if channels == "auto" else ("L" if channels == 1 else "RGB")
@@ -36,10 +59,20 @@ def load_images(files: list[Path], size: tuple[int, int], channels: int | str) -
     for path in files:
         try:
             with Image.open(path) as img:
+                width, height = img.size  # from the header: nothing is decoded yet
+                if max_pixels is not None and width * height > max_pixels:
+                    raise ImageTooLarge(f"{path}: {width}x{height} pixels ({width * height:,}), more than the "
+                                        f"limit of {max_pixels:,} (max_pixels)", width * height)
                 if mode is None:
                     mode = "L" if img.mode in {"L", "1", "I;16", "I", "LA"} else "RGB"
                 img = img.convert(mode).resize((size[1], size[0]), Image.BILINEAR)
                 arr = np.asarray(img, dtype=np.uint8)
+        except Image.DecompressionBombError as exc:
+            pixels = _declared_pixels(exc)
+            raise ImageTooLarge(f"{path}: {f'{pixels:,} pixels, ' if pixels else ''}over Pillow's decompression-bomb "
+                                f"limit of {2 * Image.MAX_IMAGE_PIXELS:,}", pixels) from None
+        except ImageTooLarge:
+            raise
         except (UnidentifiedImageError, OSError, ValueError) as exc:
             raise DataError(f"{path}: not a readable image ({type(exc).__name__}); remove or replace it") from None
         out.append(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-__all__ = ["InputError", "RequestSchema", "type_name", "preview"]
+__all__ = ["FLOAT32_MAX", "InputError", "RequestSchema", "finite_number", "preview", "type_name"]
+
+FLOAT32_MAX = 3.4028234663852886e38  # inputs are stored as float32: a larger magnitude becomes infinity
 
 
 class InputError(ValueError):
@@ -21,6 +24,27 @@ def preview(value: Any) -> str:
     """A value shortened to 40 characters, for messages."""
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+def finite_number(field: str, value: int | float) -> float:
+    """A JSON number as a float that float32 can hold; InputError naming ``field`` otherwise.
+
+    Python's JSON reader accepts ``NaN``, ``Infinity`` and ``1e999`` (infinity) and integers of any
+    length: none of them is a value a model can compute with, and imputing them as missing would
+    answer for an input nobody sent.
+    """
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond float64
+        digits = int((value.bit_length() - 1) * math.log10(2)) + 1  # str() refuses integers over 4300 digits
+        raise InputError(f"{field}: an integer of about {digits} digits is too large; numbers must lie "
+                         f"within ±3.4e38 (float32)") from None
+    if math.isnan(number) or math.isinf(number):  # named as JSON spells them
+        spelled = "NaN" if math.isnan(number) else ("-" if number < 0 else "") + "Infinity"
+        raise InputError(f"{field}: expected a finite number, got {spelled} (send null for a missing value)")
+    if abs(number) > FLOAT32_MAX:
+        raise InputError(f"{field}: {number:g} is too large; numbers must lie within ±3.4e38 (float32)")
+    return number
 
 
 class RequestSchema:

@@ -8,6 +8,7 @@ a 2-D .npz array; and the serving schema (rows as objects keyed by column, or li
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,7 @@ from ..preprocess import TabularPreprocessor, numeric_or_junk
 from ..spec import Split
 from . import Fitted, InputKind, register_kind
 from ._inputs import TABLE_SUFFIXES, Inputs, encode_labels, input_path, read_npz_inputs
-from ._serving import InputError, RequestSchema, preview, type_name
+from ._serving import FLOAT32_MAX, InputError, RequestSchema, finite_number, preview, type_name
 
 __all__ = ["TabularKind", "TabularRequest"]
 
@@ -112,7 +113,8 @@ class TabularRequest(RequestSchema):
     """Rows as objects keyed by column name, or lists in column order (the order of ``GET /metadata``).
 
     Every column must be present; ``null`` is a missing value (imputed as in training); numeric
-    columns take numbers, categorical columns strings or numbers."""
+    columns take finite numbers that float32 holds once standardised (``NaN``, ``Infinity``, ``1e999``,
+    ``1e308`` are refused, not imputed), categorical columns strings or numbers."""
 
     kind = "tabular"
 
@@ -160,8 +162,17 @@ class TabularRequest(RequestSchema):
                 if isinstance(value, bool) or not isinstance(value, (int, float)):
                     raise InputError(f"inputs[{i}].{name}: expected a number or null, got {type_name(value)} "
                                      f"{preview(value)}")
+                number = finite_number(f"inputs[{i}].{name}", value)
+                # standardised, a value that float32 holds can still overflow it (a column of tiny spread)
+                if abs((number - self.pre.mean_[name]) / self.pre.std_[name]) > FLOAT32_MAX:
+                    raise InputError(f"inputs[{i}].{name}: {number:g} is too large for this column (training mean "
+                                     f"{self.pre.mean_[name]:g}, standard deviation {self.pre.std_[name]:g}): it "
+                                     f"overflows float32 once standardised")
             elif isinstance(value, bool) or not isinstance(value, (str, int, float)):
                 raise InputError(f"inputs[{i}].{name}: expected a string, a number or null, got {type_name(value)}")
+            elif isinstance(value, float) and not math.isfinite(value):  # NaN or Infinity: no category
+                spelled = "NaN" if math.isnan(value) else ("-" if value < 0 else "") + "Infinity"
+                raise InputError(f"inputs[{i}].{name}: expected a string, a finite number or null, got {spelled}")
 
     def to_source(self, rows: list[Any]):
         """Rows (objects or lists) as a DataFrame with the run's columns; null -> missing."""

@@ -13,11 +13,16 @@ If the batched forward raises, the batch is run again one request at a time, so 
 that also fail on their own get the error (the server answers 500 for them); the others are answered
 normally and the worker carries on with the next batch. Under load, requests arriving while a forward
 runs wait in the queue and form the next batch without any extra wait: batching grows with load.
+
+A request whose caller has gone (its future cancelled: the server's timeout, a client that hung up)
+is dropped when the worker reaches it, so it costs no forward. The queue itself is not bounded here:
+the server bounds the requests it holds (``max_queue``) before they reach it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -47,16 +52,19 @@ class MicroBatcher:
     >>> await batcher.start(); out = await batcher.submit(x)            # doctest: +SKIP
     """
 
-    def __init__(self, predict: Predict, max_batch: int = 64, max_wait_ms: float = 5.0):
+    def __init__(self, predict: Predict, max_batch: int = 64, max_wait_ms: float = 5.0,
+                 observe: Callable[[int, float], None] | None = None):
         if max_batch < 1 or max_wait_ms < 0:
             raise ValueError("max_batch must be >= 1 and max_wait_ms >= 0")
         self.predict = predict
+        self.observe = observe  # called with (rows, seconds) after each batched forward: the server's metrics
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000
         self.requests = 0  # submitted
         self.batches = 0  # forwards run (the fallback's one-by-one forwards not counted)
         self.rows = 0
         self.failed = 0  # requests answered with an error
+        self.dropped = 0  # requests whose caller had gone before their forward
         self.largest_batch = 0  # rows
         self._queue: asyncio.Queue[_Job | None] | None = None
         self._task: asyncio.Task | None = None
@@ -99,6 +107,9 @@ class MicroBatcher:
             carry = None
             if job is None:
                 break
+            if job.future.done():  # cancelled while queued: nobody waits for it
+                self.dropped += 1
+                continue
             jobs, rows = [job], len(job.x)
             deadline = loop.time() + self.max_wait
             while rows < self.max_batch:
@@ -115,12 +126,18 @@ class MicroBatcher:
                 if nxt is None:
                     stop = True
                     break
+                if nxt.future.done():
+                    self.dropped += 1
+                    continue
                 if rows + len(nxt.x) > self.max_batch:
                     carry = nxt
                     break
                 jobs.append(nxt)
                 rows += len(nxt.x)
-            await self._run(jobs, rows)
+            waiting = [j for j in jobs if not j.future.done()]  # callers may have gone while the batch filled
+            self.dropped += len(jobs) - len(waiting)
+            if waiting:
+                await self._run(waiting, sum(len(j.x) for j in waiting))
 
     async def _run(self, jobs: list[_Job], rows: int) -> None:
         loop = asyncio.get_running_loop()
@@ -129,7 +146,10 @@ class MicroBatcher:
         self.largest_batch = max(self.largest_batch, rows)
         try:
             x = jobs[0].x if len(jobs) == 1 else torch.cat([j.x for j in jobs])
+            started = time.perf_counter()
             out = await loop.run_in_executor(self._executor, self.predict, x)
+            if self.observe is not None:
+                self.observe(rows, time.perf_counter() - started)
         except Exception as exc:  # noqa: BLE001 - any failure is reported to the requests, never kills the worker
             if len(jobs) == 1:
                 self._fail(jobs[0], exc)
@@ -159,5 +179,5 @@ class MicroBatcher:
     def stats(self) -> dict[str, float | int]:
         """Counters for /health: under concurrency ``batches`` < ``requests`` shows merging."""
         return {"requests": self.requests, "batches": self.batches, "rows": self.rows, "failed": self.failed,
-                "largest_batch": self.largest_batch, "queued": self.queued,
+                "dropped": self.dropped, "largest_batch": self.largest_batch, "queued": self.queued,
                 "mean_batch_rows": round(self.rows / self.batches, 2) if self.batches else 0.0}

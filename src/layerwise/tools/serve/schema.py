@@ -5,7 +5,8 @@ the schema is derived from the run's saved preprocessing (``data.json``), so it 
 
 - tabular runs: rows as objects keyed by column name, or lists in column order (the order of
   ``GET /metadata``); every column must be present, ``null`` is a missing value (imputed as in
-  training); numeric columns take numbers, categorical columns strings or numbers;
+  training); numeric columns take finite numbers float32 can hold (``NaN``, ``Infinity``, ``1e308``
+  are refused), categorical columns strings or numbers;
 - image runs: nested pixel arrays (H, W) or (H, W, C), values 0-255, the size the model was trained on;
 - text classification runs: strings.
 
@@ -62,10 +63,20 @@ class InputSchema:
 
     # -- conversion ---------------------------------------------------------------------------
     def to_tensor(self, rows: list[Any]) -> torch.Tensor:
-        """Checked rows -> the run's stored input form, through ``read_inputs`` as in ``Run.predict``."""
+        """Checked rows -> the run's stored input form, through ``read_inputs`` as in ``Run.predict``.
+
+        A stored value that is not finite (a number that overflows float32 once preprocessed) is an
+        InputError naming the row and feature: it would reach the model as inf and come back as NaN."""
         from ...data.inputs import read_inputs
 
-        return read_inputs(self.request.to_source(rows), self.run).split.x
+        x = read_inputs(self.request.to_source(rows), self.run).split.x
+        if x.is_floating_point() and not torch.isfinite(x).all():
+            i, j = (int(k) for k in (~torch.isfinite(x.reshape(len(x), -1))).nonzero()[0])
+            names = self.run.spec.feature_names or []
+            feature = f"feature {names[j]!r}" if j < len(names) else f"input value {j}"
+            raise InputError(f"inputs[{i}]: {feature} is not finite once preprocessed (it overflows float32); "
+                             f"send values of a reasonable magnitude")
+        return x
 
     def pixels_to_tensor(self, pixels) -> torch.Tensor:
         """uint8 (N, C, H, W) -> stored form (checked against the run's channels and size by read_inputs)."""
