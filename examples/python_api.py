@@ -58,8 +58,9 @@ print(f"own module: test accuracy {own.metrics['metrics']['accuracy']:.4f}")
 # Raw inputs work too: uint8 images (N, C, H, W), normalized with the run's saved statistics.
 images = torch.randint(0, 256, (3, 1, 8, 8), dtype=torch.uint8).numpy()
 print("labels for 3 noise images:", own.predict(images)["label"])
-# Loading it back rebuilds TinyNet from its saved target "custom_module:TinyNet" with the default
-# constructor arguments; when yours differ, pass an instance to load the weights into:
+# load_run(own.path, trust_code=True).model would import its saved target "custom_module:TinyNet"
+# (user code: hence trust_code) and build it with the default constructor arguments; when yours
+# differ, pass an instance to load the weights into, which imports nothing:
 reloaded = layerwise.load_run(own.path).load_model(TinyNet(input_shape=(1, 8, 8), num_outputs=10))
 print(f"reloaded module: {type(reloaded).__name__} around {type(reloaded.module).__name__}")
 

@@ -198,3 +198,15 @@ def run_steps(model, x, state=None):
         hidden, state = model.step(x[:, t], state)
         outputs.append(hidden)
     return torch.stack(outputs, dim=1), state
+
+
+def weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of a model's state, to compare with another run's."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    """Bit-for-bit equal states (exact resume, exact accumulation)."""
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import assert_one_line_error, cli, cli_command, cli_env, quick_train, run_dirs, tiny_mlp, write_yaml
+from helpers import (assert_one_line_error, assert_same_weights, cli, cli_command, cli_env, quick_train, run_dirs, tiny_mlp,
+                     weights, write_yaml)
 from torch import nn
 
 import layerwise
@@ -35,16 +36,6 @@ def fit(raw: dict, callbacks=(), val: bool = True):
 
 def iris(train: dict | None = None, **sections) -> dict:
     return {"data": {"name": "iris"}, "model": tiny_mlp(), "train": quick_train(**(train or {})), **sections}
-
-
-def weights(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
-def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
 
 
 # -- gradient accumulation -------------------------------------------------------------------
@@ -100,10 +91,12 @@ RESUME_CONFIG = {
 
 
 @pytest.mark.slow
-def test_resume_after_sigkill_is_exact(tmp_path):
+@pytest.mark.parametrize("scheduler", ["cosine", "onecycle"])  # onecycle: the default config's schedule
+def test_resume_after_sigkill_is_exact(tmp_path, scheduler):
     from safetensors.torch import load_file
 
-    config = write_yaml(tmp_path / "resume.yaml", RESUME_CONFIG)
+    config = write_yaml(tmp_path / "resume.yaml",
+                        {**RESUME_CONFIG, "train": {**RESUME_CONFIG["train"], "scheduler": scheduler}})
     whole_runs, killed_runs = tmp_path / "whole", tmp_path / "killed"
     # the uninterrupted run and the one we kill run side by side, with the same environment
     whole = subprocess.Popen(cli_command("train", config, "--runs-dir", whole_runs, "--quiet"), cwd=tmp_path,

@@ -20,7 +20,7 @@ import click
 
 from ..core.config import ConfigDeprecationWarning
 from ..core.errors import LayerwiseError
-from .common import CONTEXT, console, metrics_table
+from .common import CONTEXT, console, metrics_table, trust_option
 from .tools import ToolGroup, option_params, tool_values, tools_markdown
 
 
@@ -37,19 +37,28 @@ set_option = click.option("--set", "overrides", multiple=True, metavar="KEY=VALU
                           help="override a config key, e.g. --set train.epochs=3 (repeatable)")
 
 
+def _trust_run(command: click.Command) -> click.Command:
+    """Add ``--trust-run`` to a command that loads runs (the tools' commands get it in cli/tools.py)."""
+    command.params.append(trust_option())
+    return command
+
+
+@_trust_run
 @cli.command(context_settings=CONTEXT)
 @click.argument("config", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @set_option
 @click.option("--resume", type=click.Path(file_okay=False, path_type=Path), help="continue an interrupted run")
 @click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--quiet", is_flag=True, help="no progress output")
-def train(config, overrides, resume, runs_dir, quiet) -> None:
+def train(config, overrides, resume, runs_dir, quiet, trust_run) -> None:
     """Train CONFIG (default: a CNN on the bundled digits) into runs/NAME-TIMESTAMP/."""
     from .. import runs
+    from ..runs.trust import trusting_runs
 
     if resume is not None and config is not None:
         raise click.UsageError("give either CONFIG or --resume RUN, not both (a resumed run keeps its config)")
-    run = runs.train(config, resume=resume, runs_dir=runs_dir, quiet=quiet, overrides=overrides)
+    with trusting_runs(trust_run):  # --resume RUN, a synthetic source's generator run
+        run = runs.train(config, resume=resume, runs_dir=runs_dir, quiet=quiet, overrides=overrides)
     metrics = run.metrics
     metrics_table(f"{run.config.name}: {metrics['split']} metrics", metrics["metrics"])
     click.echo(f"run:    {run.path}")
@@ -66,26 +75,29 @@ def _fairness_options(command):
     return command
 
 
+@_trust_run
 @_fairness_options
 @cli.command(context_settings=CONTEXT)
 @click.argument("run_dir", metavar="RUN", type=click.Path(path_type=Path))
 @click.option("--data", type=click.Path(path_type=Path), help="a labelled file or folder to score instead")
 @click.option("--split", type=click.Choice(["test", "val", "train"]), default="test", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="print the metrics as JSON")
-def evaluate(run_dir, data, split, as_json, **fairness) -> None:
+def evaluate(run_dir, data, split, as_json, trust_run, **fairness) -> None:
     """Score a trained RUN on its test split or on other labelled data; --sensitive adds fairness."""
     from .. import load_run
     from ..core.errors import ConfigError
     from ..runs.tools import TOOLS
+    from ..runs.trust import trusting_runs
     from ..tools.fairness import FairnessOptions, print_fairness
 
     if fairness["sensitive"] is None and (fairness["positive"] is not None or fairness["mitigate"] is not None):
         raise ConfigError("--positive and --mitigate need --sensitive COLUMN (the groups to compare)")
-    run = load_run(run_dir)
-    result = run.evaluate(data=data, split=split)
-    fair = None
-    if fairness["sensitive"] is not None:
-        fair = TOOLS.get("fairness")(run, split=split, data=data, **tool_values(FairnessOptions, fairness))
+    with trusting_runs(trust_run):  # RUN, and a run its data loads in turn (a synthetic source's generator)
+        run = load_run(run_dir)
+        result = run.evaluate(data=data, split=split)
+        fair = None
+        if fairness["sensitive"] is not None:
+            fair = TOOLS.get("fairness")(run, split=split, data=data, **tool_values(FairnessOptions, fairness))
     if as_json:
         out = {"metrics": dict(result), "details": result.details}
         click.echo(json.dumps(out if fair is None else {**out, "fairness": fair.to_dict()}, indent=2))
@@ -95,16 +107,19 @@ def evaluate(run_dir, data, split, as_json, **fairness) -> None:
         print_fairness(fair)
 
 
+@_trust_run
 @cli.command(context_settings=CONTEXT)
 @click.argument("run_dir", metavar="RUN", type=click.Path(path_type=Path))
 @click.argument("inputs", metavar="INPUT", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default="predictions.csv", show_default=True)
-def predict(run_dir, inputs, out) -> None:
+def predict(run_dir, inputs, out, trust_run) -> None:
     """Predict for INPUT (CSV, Parquet, NPZ, an image or a folder of images) into a CSV."""
     from .. import load_run
+    from ..runs.trust import trusting_runs
 
-    run = load_run(run_dir)
-    path = run.predict_to_csv(inputs, out)
+    with trusting_runs(trust_run):
+        run = load_run(run_dir)
+        path = run.predict_to_csv(inputs, out)
     click.echo(f"predictions: {path}")
 
 

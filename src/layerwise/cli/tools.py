@@ -17,7 +17,7 @@ from typing import Any, Literal
 import click
 
 from ..runs.tools import TOOLS, Tool, ToolOptions, field_extra
-from .common import CONTEXT
+from .common import CONTEXT, trust_option
 
 __all__ = ["ToolGroup", "option_params", "tool_command", "tool_values", "tools_markdown"]
 
@@ -100,16 +100,19 @@ def tool_command(tool: Tool) -> click.Command:
     subject = click.Argument(["subject"], metavar=tool.metavar or metavar, required=tool.subject == "run",
                              type=click.Path(path_type=Path))
 
-    def callback(subject: Path | None, **values: Any) -> None:
+    def callback(subject: Path | None, trust_run: bool, **values: Any) -> None:
+        from ..runs.trust import trusting_runs
+
         options = tool.options(**tool_values(tool.Options, values))
-        if tool.subject == "run":
-            from ..runs import load_run
+        with trusting_runs(trust_run):  # RUN, and any run the tool loads in turn (a teacher, a classifier)
+            if tool.subject == "run":
+                from ..runs import load_run
 
-            subject = load_run(subject)
-        tool.show(tool.function(subject, options), options)
+                subject = load_run(subject)
+            tool.show(tool.function(subject, options), options)
 
-    return click.Command(tool.name, callback=callback, params=[subject, *option_params(tool.Options)],
-                         help=tool.summary, context_settings=CONTEXT)
+    params = [subject, *option_params(tool.Options), trust_option()]
+    return click.Command(tool.name, callback=callback, params=params, help=tool.summary, context_settings=CONTEXT)
 
 
 class ToolGroup(click.Group):

@@ -28,6 +28,7 @@ __all__ = [
     "SchedulerConfig",
     "EarlyStoppingConfig",
     "AdversarialConfig",
+    "CheckpointsConfig",
     "TrainConfig",
     "EvaluateConfig",
     "ExperimentConfig",
@@ -39,9 +40,10 @@ __all__ = [
 
 
 class Section(BaseModel):
-    """A config section: unknown keys are errors, values are checked on assignment too."""
+    """A config section: unknown keys are errors, values are checked on assignment too, and numbers
+    must be finite (``lr: .inf`` would pass every ``gt=0`` and diverge at the first step)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(), allow_inf_nan=False)
 
 
 class AugmentConfig(Section):
@@ -122,6 +124,16 @@ class AdversarialConfig(Section):
                               "robust accuracy in metrics.json (0: skip)")
 
 
+class CheckpointsConfig(Section):
+    """Which checkpoints a run keeps beside ``checkpoints/last.pt`` (the one a resume reads)."""
+
+    keep_last: int = Field(1, ge=1, description="the last N checkpoints (checkpoints/step-NNNNNNNN.pt beside "
+                           "last.pt): a way back past a checkpoint that was already going wrong")
+    keep_best: bool = Field(False, description="also keep checkpoints/best.pt, the epoch with the best monitored "
+                            "metric")
+    monitor: str = Field("val_loss", description="keep_best: the metric watched (val_loss, val_accuracy...)")
+
+
 class TrainConfig(Section):
     epochs: int = Field(10, ge=1, description="passes over the training data")
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
@@ -144,6 +156,8 @@ class TrainConfig(Section):
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:N, mps")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 runs forward passes under autocast")
     checkpoint_every: int | None = Field(None, ge=1, description="also checkpoint every N steps (mid-epoch)")
+    checkpoints: CheckpointsConfig = Field(default_factory=CheckpointsConfig, description="checkpoints kept: "
+                                           "the last N, the best; a checkpoint is only written of finite weights")
     log_every: int = Field(50, ge=1, description="steps between progress updates and NaN checks")
     progress: bool = Field(True, description="show a progress bar")
     energy: Literal["auto", "rapl", "codecarbon", "estimate", "off"] = Field(

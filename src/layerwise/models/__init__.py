@@ -56,6 +56,15 @@ class LayerwiseModel(nn.Module):
         """Replace the output layer (fine-tuning on a new label set)."""
         self.head = nn.Linear(self.num_features, num_outputs).to(next(self.parameters()).device)
 
+    @classmethod
+    def user_code(cls, config: ModelConfig) -> str | None:
+        """The code outside installed packages that building ``config`` would import and run, and
+        that this process has not run already (None: there is none, as for every built-in family).
+
+        Loading a run directory refuses to build a model that names such code unless the user
+        trusts the run (``layerwise.runs.trust``); the ``python`` family is the one that does."""
+        return None
+
 
 def register_family(name: str):
     """Class decorator adding a :class:`LayerwiseModel` family under ``name``."""

@@ -3,10 +3,16 @@
 ``model: {family: python, target: "my_module.py:MyNet", args: {hidden: 64}}``. Constructor
 parameters named ``spec``, ``num_outputs``, ``num_classes`` or ``input_shape`` are filled from the
 data when ``args`` does not set them.
+
+Building the model imports the target, which runs it. From your own config that is the point; from
+a run directory someone else wrote it is running their code, so loading such a run needs the user's
+trust (``ExternalModel.user_code``, ``layerwise.runs.trust``), except for code this process already
+ran from the user's own config, unchanged since (:data:`_ALREADY_RUN`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import inspect
@@ -29,6 +35,21 @@ class PythonConfig(ModelConfig):
     args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments of the constructor")
 
 
+# what load_class has imported in this process: a file's resolved path -> the SHA-256 of the bytes it
+# ran, a module's name -> "". Loading a run that names one of them runs nothing new.
+_ALREADY_RUN: dict[str, str] = {}
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _where(target: str) -> tuple[str, Path | None]:
+    """(the file or module part of a target, the file's resolved path when it is a file)."""
+    where = target.rpartition(":")[0]
+    return where, Path(where).expanduser().resolve() if where.endswith(".py") else None
+
+
 def load_class(target: str) -> type:
     """Import ``file.py:Name`` or ``package.module:Name``, with one-line errors."""
     where, sep, name = target.rpartition(":")
@@ -38,6 +59,7 @@ def load_class(target: str) -> type:
         path = Path(where).expanduser().resolve()
         if not path.is_file():
             raise ModelError(f"model.target: file not found: {path}")
+        digest = _digest(path)
         module_name = f"layerwise_user_{path.stem}_{abs(hash(str(path)))}"
         spec = importlib.util.spec_from_file_location(module_name, path)
         module = importlib.util.module_from_spec(spec)
@@ -46,11 +68,13 @@ def load_class(target: str) -> type:
             spec.loader.exec_module(module)
         except Exception as exc:
             raise ModelError(f"model.target: importing {path} failed: {type(exc).__name__}: {exc}") from None
+        _ALREADY_RUN[str(path)] = digest
     else:
         try:
             module = importlib.import_module(where)
         except ImportError as exc:
             raise ModelError(f"model.target: cannot import module '{where}': {exc}") from None
+        _ALREADY_RUN[where] = ""
     cls = getattr(module, name, None)
     if cls is None:
         raise ModelError(f"model.target: '{where}' has no attribute '{name}'")
@@ -88,6 +112,17 @@ class ExternalModel(LayerwiseModel):
                 raise ModelError(f"model.args: {cls.__name__}({', '.join(args)}) failed: {exc}") from None
         self.module = module
         self.head = nn.Identity()
+
+    @classmethod
+    def user_code(cls, config: PythonConfig) -> str | None:
+        """The target's file (or module) unless this process already imported it, unchanged since."""
+        where, path = _where(config.target)
+        if path is None:  # importing __main__ (the running script) runs nothing new
+            return None if where in _ALREADY_RUN or where == "__main__" else f"module '{where}'"
+        ran = _ALREADY_RUN.get(str(path))
+        if ran is not None and path.is_file() and _digest(path) == ran:
+            return None
+        return str(path)
 
     @classmethod
     def around(cls, module: nn.Module, spec, target: str | None = None) -> "ExternalModel":

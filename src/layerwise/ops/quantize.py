@@ -9,13 +9,19 @@ Three modes:
 - ``static``: weights *and* activations in int8, activation ranges calibrated on training batches,
   through PyTorch 2 export quantization (PT2E). In torch 2.13 PT2E lives in torchao
   (``torchao.quantization.pt2e``; ``torch.ao.quantization.quantize_pt2e`` is gone). The converted
-  graph is saved as an ExportedProgram of quantize/dequantize ops and lowered on loading to oneDNN's
-  int8 convolution and linear kernels (``onednn.qconv_pointwise``, ``onednn.qlinear_pointwise``).
+  graph of quantize/dequantize ops is lowered to oneDNN's int8 convolution and linear kernels
+  (``onednn.qconv_pointwise``, ``onednn.qlinear_pointwise``).
 - ``qat``: the same graph with fake quantization inserted before fine-tuning, so the weights adapt
   to int8 rounding (quantization-aware training), then converted like ``static``.
 
-Dynamic-quantized weights are saved in safetensors as int8 values plus scales and zero points and
-put back into a freshly quantized copy of the float architecture on loading (never a pickle).
+Nothing is loaded back from a pickle. Dynamic-quantized weights are saved in safetensors as int8
+values plus scales and zero points and put back into a freshly quantized copy of the float
+architecture. A static or QAT model is saved as the state of its prepared graph just before
+conversion (the float or fine-tuned weights and every observer's calibrated statistics, in
+safetensors): loading captures the float architecture again, prepares it the same way, puts that
+state back and converts, which gives the same int8 graph bit for bit (``load_pt2e``). The converted
+graph is also written as an ExportedProgram (``save_program``), the file to deploy; reading one
+back (``load_program``) unpickles, so a run loads it only when its user trusts it.
 """
 
 from __future__ import annotations
@@ -25,7 +31,9 @@ import io
 import logging
 import warnings
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import nn
@@ -35,11 +43,13 @@ from ..models import LayerwiseModel
 from ..models.abilities import Stepper, has_ability
 
 __all__ = [
+    "Int8Graph",
     "QuantizedProgram",
     "check_static",
     "dynamic_tensors",
     "load_dynamic",
     "load_program",
+    "load_pt2e",
     "quantize_dynamic",
     "quantize_qat",
     "quantize_static",
@@ -131,9 +141,16 @@ def dynamic_tensors(qmodel: nn.Module) -> dict[str, torch.Tensor]:
             for k, b in module._buffers.items():
                 if b is not None and k not in module._non_persistent_buffers_set:
                     out[_key(name, k)] = b.detach()
-    # safetensors refuses shared storage: tied weights (a head reusing the embedding) are cloned
+    return _savable(out)
+
+
+def _savable(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Tensors safetensors accepts: on the CPU, contiguous, none sharing storage with another
+    (tied weights, a head reusing the embedding, are cloned)."""
+    out: dict[str, torch.Tensor] = {}
     seen: set[int] = set()
-    for k, v in out.items():
+    for k, v in tensors.items():
+        v = v.detach()
         ptr = v.untyped_storage().data_ptr() if v.numel() else -id(v)
         out[k] = v.clone() if ptr in seen else v
         seen.add(ptr)
@@ -232,36 +249,68 @@ def _annotated(prepare: Callable, graph: nn.Module, quantizer, mode: str, family
                        f"use --quantize dynamic") from None
 
 
-def quantize_static(model: LayerwiseModel, calibration: Iterable[torch.Tensor], example: torch.Tensor) -> nn.Module:
-    """PT2E post-training int8: capture, insert observers, calibrate, convert to quantize/dequantize ops."""
-    check_static(model, "static")
-    quantizer = _quantizer(is_qat=False)
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+Mode = Literal["static", "qat"]
 
-    graph = _export(copy.deepcopy(model).cpu().eval(), example, "static", model.config.family).module()
-    prepared = _annotated(prepare_pt2e, graph, quantizer, "static", model.config.family)
+
+@dataclass
+class Int8Graph:
+    """A PT2E int8 model and what rebuilds it without a pickle (see :func:`load_pt2e`)."""
+
+    converted: nn.Module  # quantize/dequantize ops around int8 weights: what save_program writes
+    state: dict[str, torch.Tensor]  # the prepared graph's state just before conversion (plain tensors)
+    mode: Mode
+
+
+def _prepared(model: LayerwiseModel, example: torch.Tensor, mode: Mode) -> nn.Module:
+    """The float model captured and annotated for int8: observers (static) or fake quantizers (qat)
+    after every quantized conv/linear. The same model gives the same graph, module names included,
+    which is what lets :func:`load_pt2e` put a saved state back."""
+    check_static(model, mode)
+    quantizer = _quantizer(is_qat=mode == "qat")
+    from torchao.quantization.pt2e import allow_exported_model_train_eval
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e, prepare_qat_pt2e
+
+    family = model.config.family
+    if mode == "static":
+        graph = _export(copy.deepcopy(model).cpu().eval(), example, mode, family).module()
+        return _annotated(prepare_pt2e, graph, quantizer, mode, family)
+    graph = _export(copy.deepcopy(model).cpu().train(), example, mode, family).module()
+    prepared = _annotated(prepare_qat_pt2e, graph, quantizer, mode, family)
+    allow_exported_model_train_eval(prepared)  # the Trainer and the evaluator switch train/eval
+    return prepared
+
+
+def _to_eval(prepared: nn.Module, mode: Mode) -> nn.Module:
+    """QAT graphs are captured in training form: swap dropout and batch norm to their eval form."""
+    if mode == "qat":
+        from torchao.quantization.pt2e import move_exported_model_to_eval
+
+        move_exported_model_to_eval(prepared)
+    return prepared
+
+
+def _converted(prepared: nn.Module, mode: Mode) -> Int8Graph:
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
+    prepared = _to_eval(prepared, mode)
+    state = _savable({k: v.clone() for k, v in prepared.state_dict().items()})  # convert_pt2e edits in place
+    return Int8Graph(convert_pt2e(prepared), state, mode)
+
+
+def quantize_static(model: LayerwiseModel, calibration: Iterable[torch.Tensor], example: torch.Tensor) -> Int8Graph:
+    """PT2E post-training int8: capture, insert observers, calibrate, convert to quantize/dequantize ops."""
+    prepared = _prepared(model, example, "static")
     with torch.no_grad():
         for x in calibration:
             prepared(x)
-    return convert_pt2e(prepared)
+    return _converted(prepared, "static")
 
 
-def quantize_qat(model: LayerwiseModel, example: torch.Tensor, finetune: Callable[[nn.Module], None]) -> nn.Module:
+def quantize_qat(model: LayerwiseModel, example: torch.Tensor, finetune: Callable[[nn.Module], None]) -> Int8Graph:
     """PT2E quantization-aware training: fake-quantize, fine-tune with ``finetune(graph)``, convert."""
-    check_static(model, "qat")
-    quantizer = _quantizer(is_qat=True)
-    from torchao.quantization.pt2e import (
-        allow_exported_model_train_eval,
-        move_exported_model_to_eval,
-    )
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
-
-    graph = _export(copy.deepcopy(model).cpu().train(), example, "qat", model.config.family).module()
-    prepared = _annotated(prepare_qat_pt2e, graph, quantizer, "qat", model.config.family)
-    allow_exported_model_train_eval(prepared)  # the Trainer and the evaluator switch train/eval
+    prepared = _prepared(model, example, "qat")
     finetune(prepared)
-    move_exported_model_to_eval(prepared)
-    return convert_pt2e(prepared)
+    return _converted(prepared, "qat")
 
 
 def _drop_unused_tensors(graph: torch.fx.GraphModule) -> None:
@@ -333,12 +382,35 @@ class QuantizedProgram(LayerwiseModel):
         return self
 
 
-def load_program(path: Path, config, spec) -> QuantizedProgram:
-    """Load a saved int8 ExportedProgram and lower it to the CPU's int8 kernels."""
-    _import_torchao()
-    graph = torch.export.load(str(path)).module()
+def _program(graph: nn.Module, config, spec) -> QuantizedProgram:
+    """A converted int8 graph lowered to the CPU's int8 kernels, behind the model contract."""
     example = spec.example_input(2)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # deprecation notices from inside the inductor passes
         lowered = _lower_x86(graph, example)
     return QuantizedProgram(lowered, config, spec).eval()
+
+
+def load_pt2e(model: LayerwiseModel, tensors: dict[str, torch.Tensor], mode: Mode) -> QuantizedProgram:
+    """Rebuild a static or QAT int8 model from its saved state: ``model`` is the float architecture
+    freshly built from the run's config (its weights are replaced by the saved ones); it is captured
+    and prepared as when it was quantized, the state is put back and the graph converted and lowered.
+    Only tensors are read, so this is safe on a run directory of unknown origin."""
+    prepared = _to_eval(_prepared(model, model.spec.example_input(2), mode), mode)
+    try:
+        prepared.load_state_dict(tensors, strict=True)
+    except RuntimeError as exc:
+        raise RunError(f"the saved int8 state does not fit the {model.config.family} model as {mode} quantization "
+                       f"prepares it ({str(exc).splitlines()[0]}); compress the original run again") from None
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e
+
+    return _program(convert_pt2e(prepared), model.config, model.spec)
+
+
+def load_program(path: Path, config, spec) -> QuantizedProgram:
+    """Load a saved int8 ExportedProgram and lower it to the CPU's int8 kernels.
+
+    ``torch.export.load`` unpickles parts of the file, which can run code: call this only on a file
+    you trust (a run loads one only with ``trust_code=True``, the CLI's ``--trust-run``)."""
+    _import_torchao()
+    return _program(torch.export.load(str(path)).module(), config, spec)

@@ -4,6 +4,9 @@ A run directory holds everything needed to evaluate, predict and report without 
 code or data: the resolved ``config.yaml``, ``data.json`` (the data spec and the preprocessing
 fitted on the training split), ``model.safetensors`` (weights plus metadata; never pickle),
 ``checkpoints/``, ``history.csv``, ``metrics.json`` and ``report.html``.
+
+Loading one reads data only; a run whose model is user code (the ``python`` family) is built only
+when trusted (``load_run(path, trust_code=True)``, the CLI's ``--trust-run``; see ``trust.py``).
 """
 
 from __future__ import annotations
@@ -36,7 +39,9 @@ from ..train.adversarial import adversarial_task
 from ..train.energy import EnergyCallback
 from ..train.strategies import STRATEGIES
 from .config import load_config, resolve_task_options
+from .resume import RecordResume, resume_changes
 from .tools import TOOLS
+from .trust import check_model_code, trusted
 
 __all__ = ["Run", "train", "load_run", "prepare", "prepare_bundle"]
 
@@ -157,7 +162,7 @@ def save_model(path: Path, model: LayerwiseModel, config: ExperimentConfig, spec
 def train(config: str | Path | Mapping[str, Any] | ExperimentConfig | None = None, *,
           model: torch.nn.Module | None = None, runs_dir: str | Path = "runs", resume: str | Path | None = None,
           callbacks: Iterable[Callback] = (), quiet: bool = False, overrides: Iterable[str] | None = None,
-          **kwargs: Any) -> "Run":
+          trust_code: bool = False, **kwargs: Any) -> "Run":
     """Train an experiment and return its :class:`Run`.
 
     ``config`` is a YAML path, a dict, an :class:`ExperimentConfig` or None (the embedded default:
@@ -166,6 +171,10 @@ def train(config: str | Path | Mapping[str, Any] | ExperimentConfig | None = Non
     >>> run = layerwise.train("examples/iris.yaml", train__epochs=5)          # doctest: +SKIP
     >>> run = layerwise.train({"data": {"name": "iris"}, "model": {"family": "mlp"}})  # doctest: +SKIP
     >>> run = layerwise.train(resume="runs/iris-20260101-120000")               # doctest: +SKIP
+
+    ``trust_code``: resuming a run whose model is user code (the ``python`` family) imports that
+    code again; like loading such a run, it needs ``trust_code=True`` (the CLI's ``--trust-run``)
+    unless this process already ran that code from your own config.
     """
     from rich.console import Console
 
@@ -179,7 +188,10 @@ def train(config: str | Path | Mapping[str, Any] | ExperimentConfig | None = Non
         run_dir = Path(resume)
         if not (run_dir / "config.yaml").is_file():
             raise RunError(f"--resume: {run_dir} is not a run directory (no config.yaml)")
+        saved = load_config(run_dir / "config.yaml")
         cfg = load_config(run_dir / "config.yaml", extra or None)
+        check_model_code(cfg.model, run_dir, trust_code)  # a resumed python-family run imports its file again
+        changes = resume_changes(saved, cfg)  # refuses what a resume cannot honour, in one line
         checkpoint = run_dir / "checkpoints" / "last.pt"
         if not checkpoint.is_file():
             raise RunError(f"--resume: {run_dir} has no checkpoint yet; start the experiment again instead")
@@ -192,9 +204,6 @@ def train(config: str | Path | Mapping[str, Any] | ExperimentConfig | None = Non
     train_loader, val_loader = loaders(bundle, cfg, device)
     energy = None if cfg.train.energy == "off" else EnergyCallback(device, cfg.train.energy, cfg.train.energy_country)
 
-    if resume is not None and extra:
-        # e.g. --resume RUN --set train.epochs=30 extends a run: its config must say so
-        atomic_write(run_dir / "config.yaml", lambda tmp: Path(tmp).write_text(cfg.to_yaml()))
     if resume is None:
         run_dir = _new_run_dir(Path(runs_dir), cfg.name)
         run_dir.mkdir(parents=True)
@@ -207,16 +216,27 @@ def train(config: str | Path | Mapping[str, Any] | ExperimentConfig | None = Non
 
     cbs: list[Callback] = [ProgressBar(console) if cfg.train.progress and not quiet else Callback(),
                            EpochPrinter(console) if not quiet else Callback(),
-                           HistoryCSV(run_dir / "history.csv"),
-                           Checkpoint(run_dir / "checkpoints", cfg.train.checkpoint_every)]
+                           HistoryCSV(run_dir / "history.csv")]
     if cfg.train.early_stopping is not None:
         cbs.insert(0, EarlyStopping.from_config(cfg.train.early_stopping))
     cbs += task.callbacks(run_dir) + list(callbacks)
     if energy is not None:
         cbs.append(energy)
+    # last: a checkpoint holds what every other callback did for its step or epoch (the diffusion
+    # task's EMA update of the step, early stopping's count, the energy meter), so a resume is exact
+    kept = cfg.train.checkpoints
+    cbs.append(Checkpoint(run_dir / "checkpoints", cfg.train.checkpoint_every, keep_last=kept.keep_last,
+                          keep_best=kept.keep_best, monitor=kept.monitor))
+    if resume is not None and changes:
+        # e.g. --resume RUN --set train.epochs=30 extends a run: its config says so once the loop has
+        # accepted the change (a schedule fixed by the run's length refuses it before this)
+        cbs.insert(0, RecordResume(run_dir / "config.yaml", cfg, changes))
     trainer = Trainer(net, task, cfg.train, callbacks=cbs, device=device, eval_cfg=cfg.evaluate)
     if checkpoint is not None:
         trainer.resume_from(checkpoint)
+        if "train.lr" in changes:
+            old, new = changes["train.lr"]
+            trainer.lr_scale = new / old
     strategy = STRATEGIES.get(cfg.train.strategy)(cfg.train)  # where the fit runs: this process (local), ...
     console.print(f"[bold]{cfg.name}[/bold]: {cfg.model.family} on {bundle.spec.kind} data "
                   f"({len(bundle.train)} train / {len(bundle.val) if bundle.val else 0} val / "
@@ -241,7 +261,7 @@ def train(config: str | Path | Mapping[str, Any] | ExperimentConfig | None = Non
                 "steps": trainer.global_step, "stop_reason": trainer.stop_reason or "completed",
                 "restored_best_epoch": trainer.restored_epoch,
                 "parameters": sum(p.numel() for p in net.parameters()), "layerwise_version": __version__,
-                "torch_version": torch.__version__}
+                "torch_version": torch.__version__, "resumes": trainer.resumes}
     metrics = {"split": split, "metrics": dict(result), "details": result.details, "training": training,
                "energy": None if energy is None else energy.result}
     adversarial = getattr(cfg.task_options, "adversarial_training", None)
@@ -253,10 +273,14 @@ def train(config: str | Path | Mapping[str, Any] | ExperimentConfig | None = Non
 
 
 class Run:
-    """A trained run, loaded from its directory. Use :func:`load_run` or the result of :func:`train`."""
+    """A trained run, loaded from its directory. Use :func:`load_run` or the result of :func:`train`.
 
-    def __init__(self, path: str | Path):
+    ``trust_code``: whether building its model may run code the run names (see :func:`load_run`)."""
+
+    def __init__(self, path: str | Path, trust_code: bool = False):
         self.path = Path(path)
+        # may building the model run code the run names (a python-family file, an older int8 program)?
+        self.trust_code = trusted(trust_code)
         if not (self.path / "config.yaml").is_file() or not (self.path / "data.json").is_file():
             raise RunError(f"{self.path} is not a run directory (config.yaml or data.json missing)")
         self.config = load_config(self.path / "config.yaml")
@@ -299,6 +323,8 @@ class Run:
         """Rebuild the model and load its weights (``module``: a user module to load them into)."""
         from safetensors.torch import load_file
 
+        if module is None:
+            check_model_code(self.config.model, self.path, self.trust_code)
         if module is None and (self.path / "compression.json").is_file():
             # quantized or pruned: the compressor rebuilds the architecture it changed
             from .compressed import load_compressed_model
@@ -396,9 +422,14 @@ def _num(text: str) -> Any:
     return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value
 
 
-def load_run(path: str | Path) -> Run:
-    """Load a run directory: ``run = load_run("runs/digits-20261122-101500"); run.predict(x)``."""
+def load_run(path: str | Path, trust_code: bool = False) -> Run:
+    """Load a run directory: ``run = load_run("runs/digits-20261122-101500"); run.predict(x)``.
+
+    A run directory is read as data. ``trust_code=True`` (the CLI's ``--trust-run``) also lets it
+    run code: a ``python``-family model's file, an ExportedProgram written by an older layerwise.
+    Give it only for a run you trust as you would trust its code (``docs/security.md``).
+    """
     path = Path(path)
     if not path.exists():
         raise RunError(f"run directory not found: {path}")
-    return Run(path)
+    return Run(path, trust_code=trust_code)

@@ -99,13 +99,20 @@ class Checkpoint(Callback):
 
     By default the write (serialization and fsync) runs in a background thread on a snapshot of the
     state, so training does not wait for the disk; the next write, the end of training and a
-    divergence wait for it. A kill at any moment leaves the previous complete checkpoint.
+    divergence wait for it. A kill at any moment leaves the previous complete checkpoint, and a
+    checkpoint is only written of finite weights, so the one a resume reads is a good one.
+
+    ``keep_last``: also keep the last N as ``step-NNNNNNNN.pt`` (hard links of ``last.pt``: no
+    second copy on disk). ``keep_best``: also keep ``best.pt``, the epoch with the best ``monitor``.
     """
 
-    def __init__(self, folder: Path, every_steps: int | None = None, background: bool = True):
+    def __init__(self, folder: Path, every_steps: int | None = None, background: bool = True, keep_last: int = 1,
+                 keep_best: bool = False, monitor: str = "val_loss"):
         self.folder = Path(folder)
         self.every_steps = every_steps
         self.background = background
+        self.keep_last, self.keep_best, self.monitor = keep_last, keep_best, monitor
+        self.best: float | None = None
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
@@ -113,18 +120,37 @@ class Checkpoint(Callback):
     def path(self) -> Path:
         return self.folder / "last.pt"
 
-    def _write(self, state: dict[str, Any]) -> None:
+    def _write(self, state: dict[str, Any], step: int, best: bool) -> None:
         try:
             save_checkpoint(self.path, state)
+            if self.keep_last > 1:
+                self._link(self.folder / f"step-{step:08d}.pt")
+                for old in sorted(self.folder.glob("step-*.pt"))[:-self.keep_last]:
+                    old.unlink(missing_ok=True)
+            if best:
+                self._link(self.folder / "best.pt")
         except BaseException as exc:  # surfaced in the training thread by wait()
             self._error = exc
 
-    def save(self, trainer) -> None:
+    def _link(self, target: Path) -> None:
+        """``target`` becomes the checkpoint just written (atomically: a link to a temporary name, renamed)."""
+        import os
+
+        tmp = target.with_name(target.name + ".tmp")
+        tmp.unlink(missing_ok=True)
+        os.link(self.path, tmp)
+        os.replace(tmp, target)
+
+    def save(self, trainer, best: bool = False) -> None:
         self.wait()
+        if not trainer.weights_finite():  # never let a diverged state overwrite the last good checkpoint
+            trainer._diverge(f"the model's weights became non-finite by step {trainer.global_step}")
         if not self.background:
-            save_checkpoint(self.path, trainer.state_dict())
+            self._write(trainer.state_dict(), trainer.global_step, best)
+            self.wait()
             return
-        self._thread = threading.Thread(target=self._write, args=(_snapshot(trainer.state_dict()),),
+        self._thread = threading.Thread(target=self._write, args=(_snapshot(trainer.state_dict()),
+                                                                  trainer.global_step, best),
                                         name="layerwise-checkpoint")
         self._thread.start()
 
@@ -143,10 +169,25 @@ class Checkpoint(Callback):
             self.save(trainer)
 
     def on_epoch_end(self, trainer, logs):
-        self.save(trainer)
+        best = False
+        if self.keep_best and isinstance(logs.get(self.monitor), (int, float)):
+            from ..tasks import metric_mode
+
+            value = float(logs[self.monitor])
+            sign = 1.0 if metric_mode(self.monitor) == "min" else -1.0
+            best = self.best is None or sign * value < sign * self.best
+            if best:
+                self.best = value
+        self.save(trainer, best)
 
     def on_fit_end(self, trainer):
         self.wait()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best = state.get("best")
 
 
 class HistoryCSV(Callback):

@@ -9,6 +9,7 @@ killed mid-write leaves the previous checkpoint intact. Loading uses ``weights_o
 from __future__ import annotations
 
 import random
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise RunError(f"no checkpoint at {path}; the run has not finished an epoch yet, start it again without --resume")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a refused pickle also warns: our one line says it all
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # corrupted or foreign file: say which, keep the traceback for --debug
         raise RunError(f"{path}: unreadable checkpoint ({type(exc).__name__}); delete it to restart from scratch") from exc

@@ -79,6 +79,18 @@ class Schedule:
         if self.scheduler is not None and state:
             self.scheduler.load_state_dict(state)
 
+    def scale_lr(self, optimizer: torch.optim.Optimizer, factor: float) -> None:
+        """Multiply the learning rate by ``factor`` from here on, schedule included: every lr a group
+        or the scheduler keeps (the current one, OneCycle's initial / max / min, the base rates) is
+        scaled, so the curve goes on at the new height (a resume with another train.lr)."""
+        for group in optimizer.param_groups:
+            for key in ("lr", "initial_lr", "max_lr", "min_lr"):
+                if key in group:
+                    group[key] *= factor
+        for attr in ("base_lrs", "_last_lr"):
+            if self.scheduler is not None and getattr(self.scheduler, attr, None) is not None:
+                setattr(self.scheduler, attr, [lr * factor for lr in getattr(self.scheduler, attr)])
+
 
 @SCHEDULERS.register("none")
 def _none(opt, sched, cfg, total_steps, steps_per_epoch):

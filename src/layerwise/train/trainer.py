@@ -7,6 +7,7 @@ guard, resumable state and seeding; tasks own their losses and steps.
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any, Iterable
@@ -89,6 +90,10 @@ class Trainer:
         self.total_steps = 0  # optimizer steps the run is planned for (schedules depend on it)
         self._resume_state: dict[str, Any] | None = None
         self._running = self._fresh_running()  # the epoch's sums so far (saved, so resume is exact)
+        # training keys a resume changed (train.lr applied by rescaling every optimizer's learning
+        # rates and their schedules), kept across resumes and reported in metrics.json
+        self.resumes: list[dict[str, Any]] = []
+        self.lr_scale = 1.0  # set before fit() by a resume that changes train.lr: new / old
 
     def _fresh_running(self) -> dict[str, Any]:
         return {"loss": 0.0, "count": 0.0, "samples": 0, "sums": {}}
@@ -107,6 +112,7 @@ class Trainer:
             "train_seconds": self.train_seconds,
             "history": self.history,
             "total_steps": self.total_steps,
+            "resumes": self.resumes,
             "running": {k: (float(v) if torch.is_tensor(v) else v) for k, v in self._running.items() if k != "sums"}
             | {"sums": {k: float(v) for k, v in self._running["sums"].items()}},
         }
@@ -115,11 +121,12 @@ class Trainer:
         save_checkpoint(path, self.state_dict())
 
     def resume_from(self, path: Path) -> None:
-        """Load a checkpoint; the state is applied when :meth:`fit` has built the schedules."""
+        """Load a checkpoint. The optimizers' and schedules' states are applied by :meth:`fit`, after it
+        has built the schedules: a schedule's constructor sets each group's learning rate (OneCycleLR
+        to max_lr / div_factor, LambdaLR to base * factor(0)), so an optimizer state loaded before it
+        would be overwritten and the first resumed steps would run at the wrong rate."""
         state = load_checkpoint(path)
         self.model.load_state_dict(state["model"])
-        for name, opt in self.optimizers.items():
-            opt.load_state_dict(state["optimizers"][name])
         for cb in self.callbacks:
             if type(cb).__name__ in state["callbacks"]:
                 cb.load_state_dict(state["callbacks"][type(cb).__name__])
@@ -127,6 +134,7 @@ class Trainer:
         self.global_step, self.history = state["global_step"], list(state["history"])
         self.train_seconds = state.get("train_seconds", 0.0)
         self._running = state.get("running", self._fresh_running())
+        self.resumes = list(state.get("resumes", []))
         self._resume_state = state
 
     # -- the loop ----------------------------------------------------------------------------
@@ -160,8 +168,13 @@ class Trainer:
                     f"train.epochs/max_steps: the '{cfg.scheduler.name}' schedule was planned for {planned} steps and "
                     f"cannot be stretched to {total_steps} on resume; keep the run's length, or extend runs that use "
                     f"scheduler none, step or plateau")
+            for name, opt in self.optimizers.items():  # after the schedules: see resume_from
+                opt.load_state_dict(self._resume_state["optimizers"][name])
             for name, sched in self.schedules.items():
                 sched.load_state_dict(self._resume_state["schedules"].get(name, {}))
+            if self.lr_scale != 1.0:
+                for name, opt in self.optimizers.items():
+                    self.schedules[name].scale_lr(opt, self.lr_scale)
             set_rng_state(self._resume_state["rng"])
             self._resume_state = None
         ctx = StepContext(self)
@@ -252,6 +265,7 @@ class Trainer:
                 for key in self._val_keys():
                     if key in val:
                         logs[f"val_{key}"] = val[key]
+            self._check_epoch(logs)
             logs["lr"] = self.optimizers[next(iter(self.optimizers))].param_groups[0]["lr"]
             logs["samples_per_s"] = samples / max(elapsed, 1e-9)
             logs["time_s"] = elapsed
@@ -276,6 +290,26 @@ class Trainer:
             keys.append(monitor[4:])
         return list(dict.fromkeys(keys))
 
+    def weights_finite(self) -> bool:
+        """Whether every parameter and buffer of the model is finite (one reduction per tensor)."""
+        tensors = [t for t in (*self.model.parameters(), *self.model.buffers()) if t.is_floating_point()]
+        return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()) if tensors else True
+
+    def _check_epoch(self, logs: dict[str, Any]) -> None:
+        """After an epoch: a finite training loss is not enough (a NaN validation loss, weights that
+        overflowed in the last steps); stop with the message rather than end a run 'completed'."""
+        val = logs.get("val_loss")
+        if val is not None and not math.isfinite(val):
+            self._diverge(f"the validation loss became {val} after epoch {self.epoch + 1} (step {self.global_step})")
+        if not self.weights_finite():
+            self._diverge(f"the model's weights became non-finite in epoch {self.epoch + 1} (step {self.global_step})")
+
+    def _diverge(self, what: str) -> None:
+        self.diverged = True
+        self._callbacks("on_fit_end")
+        raise TrainingDivergedError(f"{what}; the last good checkpoint is kept; lower train.lr or set "
+                                    f"train.grad_clip, then --resume (the new train.lr is applied) or restart")
+
     def assert_finite(self) -> None:
         """Raise :class:`TrainingDivergedError` if the epoch's loss so far is NaN or infinite."""
         self._check_finite(self._running)
@@ -283,13 +317,8 @@ class Trainer:
     def _check_finite(self, run: dict[str, Any]) -> dict[str, float]:
         """Synchronize running values; stop with a clear message on NaN/Inf (no checkpoint written)."""
         loss = float(run["loss"]) / max(float(run["count"]), 1e-12)
-        if loss != loss or loss in (float("inf"), float("-inf")):
-            self.diverged = True
-            self._callbacks("on_fit_end")
-            raise TrainingDivergedError(
-                f"the training loss became {loss} in epoch {self.epoch + 1} (step {self.global_step}); "
-                f"the last good checkpoint is kept; lower train.lr or set train.grad_clip, then --resume or restart"
-            )
+        if not math.isfinite(loss):
+            self._diverge(f"the training loss became {loss} in epoch {self.epoch + 1} (step {self.global_step})")
         running = {"loss": loss}
         running.update(self.task.summarize({k: float(v) for k, v in run["sums"].items()}, run["samples"]))
         return running

@@ -5,9 +5,11 @@ structured), each written as a NEW run next to the original with a comparison ta
     >>> result.path, result.table                                                                 # doctest: +SKIP
 
 The new run holds the original's ``config.yaml`` and ``data.json``, the compressed model
-(``model.safetensors``, or ``model.pt2`` for graph-mode int8) and ``compression.json``: the origin run,
-the method and options, what is needed to rebuild the model (pruned shapes), per-layer sparsity and
-the table. :func:`layerwise.load_run` loads it like any run, so evaluate, predict and report work.
+(``model.safetensors``; for graph-mode int8 ``model.pt2``, the ExportedProgram to deploy, and
+``int8.safetensors``, what the run is loaded from) and ``compression.json``: the origin run, the
+method and options, what is needed to rebuild the model (pruned shapes), per-layer sparsity and the
+table. :func:`layerwise.load_run` loads it like any run, so evaluate, predict and report work, and
+it reads safetensors and JSON only (never the ExportedProgram, which would unpickle).
 """
 
 from __future__ import annotations
@@ -132,7 +134,7 @@ def _calibration(run, bundle, batches: int) -> list[torch.Tensor]:
 
 def _compress_model(run, original, quantize, prune, sparsity, iterative, example, calibration_batches, finetune,
                     info: dict[str, Any]):
-    """The compressed model (and, for dynamic int8, its tensors to save); records its format in ``info``."""
+    """The compressed model (and, for int8, its tensors to save); records its format and files in ``info``."""
     from ...ops import prune as pruning
     from ...ops import quantize as quant
 
@@ -149,11 +151,12 @@ def _compress_model(run, original, quantize, prune, sparsity, iterative, example
         return compressed, quant.dynamic_tensors(compressed)
     if quantize is not None:
         if quantize == "static":
-            compressed = quant.quantize_static(original, _calibration(run, run.data, calibration_batches), example)
+            graph = quant.quantize_static(original, _calibration(run, run.data, calibration_batches), example)
         else:
-            compressed = quant.quantize_qat(original, example, finetune)
-        info["format"], info["model_file"] = "exported-program", "model.pt2"
-        return compressed, None
+            graph = quant.quantize_qat(original, example, finetune)
+        # the run loads from the prepared graph's state (safetensors); model.pt2 is for deployment
+        info["format"], info["model_file"], info["state_file"] = "pt2e-int8", "model.pt2", "int8.safetensors"
+        return graph.converted, graph.state
     from ...models import build_model
 
     model = run.load_model().cpu()  # a fresh copy: pruning edits it in place
@@ -234,11 +237,11 @@ def compress_run(run, options: CompressOptions) -> CompressResult:
         for name in ("config.yaml", "data.json"):
             shutil.copy2(run.path / name, path / name)
         model_file = path / info["model_file"]
-        _save(compressed, tensors, info["format"], model_file, run, example)
+        _save(compressed, tensors, info, path, run, example)
         _write_json(path / COMPRESSION_FILE, info)
         from .measure import comparison, measure
 
-        new = Run(path)
+        new = Run(path, trust_code=run.trust_code)
         new._data = bundle
         reloaded = new.model  # measured as loaded back, so the table is what users of the run get
         before = measure(original, run.path / "model.safetensors", run, bundle, split, repeats)
@@ -259,18 +262,22 @@ def compress_run(run, options: CompressOptions) -> CompressResult:
     return CompressResult(path, method, options, info["table"], info.get("layer_sparsity", {}))
 
 
-def _save(compressed, tensors, fmt: str, model_file: Path, run, example: torch.Tensor) -> None:
+def _save(compressed, tensors, info: dict[str, Any], path: Path, run, example: torch.Tensor) -> None:
+    """The compressed model's files in the new run directory ``path``, as ``info`` names them."""
+    from safetensors.torch import save_file
+
     from ...core.io import atomic_write
     from ...runs.run import save_model
 
-    if tensors is not None:  # dynamic int8: int8 values, scales and zero points as plain tensors
-        from safetensors.torch import save_file
-
-        metadata = {"format": "layerwise-int8-dynamic", "family": run.config.model.family}
+    fmt, model_file, family = info["format"], path / info["model_file"], run.config.model.family
+    if fmt == "dynamic-int8":  # int8 values, scales and zero points as plain tensors
+        metadata = {"format": "layerwise-int8-dynamic", "family": family}
         atomic_write(model_file, lambda tmp: save_file(tensors, tmp, metadata=metadata))
-    elif fmt == "exported-program":
+    elif fmt == "pt2e-int8":
         from ...ops.quantize import save_program
 
+        metadata = {"format": "layerwise-int8-pt2e", "mode": info["options"]["quantize"], "family": family}
+        atomic_write(path / info["state_file"], lambda tmp: save_file(tensors, tmp, metadata=metadata))
         save_program(compressed, example, model_file)
     else:
         save_model(model_file, compressed, run.config, run.spec)

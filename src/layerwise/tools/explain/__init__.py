@@ -331,6 +331,7 @@ def _report_section(run) -> tuple[str, str] | None:
     if not path.is_file():
         return None
     from ...core.sections import html_table
+    from ...runs.trust import inside
 
     saved = json.loads(path.read_text())
     intro = (f"<p>{len(saved['indices'])} {html.escape(saved['split'])} samples, methods: "
@@ -340,8 +341,9 @@ def _report_section(run) -> tuple[str, str] | None:
     fragment = folder / "section.html"
     if fragment.is_file():
         parts.append(fragment.read_text(encoding="utf-8"))
-    else:
-        parts += [_img(folder / name) for name in saved["files"] if name.endswith(".png") and (folder / name).is_file()]
+    else:  # picture names come from a file in the run: only pictures inside its explain/ folder
+        pictures = [inside(folder, name, "explain.json: files") for name in saved["files"] if name.endswith(".png")]
+        parts += [_img(picture) for picture in pictures if picture.is_file()]
     if saved.get("trust"):
         parts.append("<h3>How far to trust each explanation</h3>"
                      "<p>Deletion AUC: lower is better; insertion AUC: higher is better; each against random "
