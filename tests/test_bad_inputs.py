@@ -57,6 +57,23 @@ def case_unknown_optimizer(folder, shared):
     return ["train", _config(folder, {"train": {"optimizer": "rmsprob"}})], ["train.optimizer", "'rmsprop'"]
 
 
+def case_family_is_a_list(folder, shared):
+    return ["train", _config(folder, {"model": {"family": ["mlp"]}})], ["model.family", "expected a name", "['mlp']"]
+
+
+def case_seed_beyond_32_bits(folder, shared):
+    return ["train", _config(folder, {"train": {"seed": 2**70}})], ["train.seed", "4294967295"]
+
+
+def case_negative_split_seed(folder, shared):
+    return ["train", _config(folder, {"data": {"split_seed": -1}})], ["data.split_seed", "greater than or equal to 0"]
+
+
+def case_infinite_learning_rate(folder, shared):
+    (folder / "bad.yaml").write_text("train:\n  lr: .inf\n")
+    return ["train", folder / "bad.yaml"], ["train.lr", "finite"]
+
+
 def case_invalid_yaml(folder, shared):
     return ["train", _config(folder, "train: {epochs: 1\nmodel: [\n")], ["bad.yaml", "line 2", "YAML"]
 

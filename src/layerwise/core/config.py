@@ -65,7 +65,7 @@ class DataConfig(Section):
     test_fraction: float = Field(
         0.2, ge=0, lt=1, description="share held out for testing, when the source has no test split of its own"
     )
-    split_seed: int = Field(0, description="seed of the stratified train/val/test split")
+    split_seed: int = Field(0, ge=0, le=2**32 - 1, description="seed of the stratified train/val/test split")
     normalize: bool = Field(True, description="standardize inputs with statistics of the training split")
     augment: AugmentConfig | None = Field(None, description="image augmentation on the fly (off when absent)")
     sampler: Literal["random", "weighted"] = Field(
@@ -152,7 +152,7 @@ class TrainConfig(Section):
     early_stopping: EarlyStoppingConfig | None = Field(None, description="stop when a metric stops improving")
     strategy: str = Field("local", description="how the fit runs: local (the one loop, in this process); see "
                           "docs/training.md")
-    seed: int = Field(0, description="seeds weights, shuffling, dropout and augmentation")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="seeds weights, shuffling, dropout and augmentation")
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda, cuda:N, mps")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 runs forward passes under autocast")
     checkpoint_every: int | None = Field(None, ge=1, description="also checkpoint every N steps (mid-epoch)")

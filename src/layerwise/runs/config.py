@@ -78,6 +78,9 @@ def _registered(registry_name: str, raw: Any, key: str, default: str) -> Any:
     """The source or family class a section names (its ``Config`` is the section's schema)."""
     registry = {"data": SOURCES, "model": FAMILIES}[registry_name]
     name = raw.get(key, default) if isinstance(raw, Mapping) else default
+    if not isinstance(name, str):  # a list or a mapping cannot name an entry (nor be looked up: unhashable)
+        raise ConfigError(f"{registry_name}.{key}: expected a name such as '{default}'; received "
+                          f"{type(name).__name__} {name!r}")
     return registry.get(name)
 
 
