@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import torch
 import yaml
 
@@ -210,3 +211,14 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def config_error(raw) -> str:
+    """The ConfigError ``load_config(raw)`` raises, checked to be one line."""
+    from layerwise import ConfigError, load_config
+
+    with pytest.raises(ConfigError) as info:
+        load_config(raw)
+    message = str(info.value)
+    assert "\n" not in message, "config errors are one line"
+    return message

@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from helpers import config_error as _error
 from helpers import REPO, write_yaml
 
 from layerwise import ConfigError, ExperimentConfig, load_config
 from layerwise.core.config import apply_overrides, parse_override
 
 IRIS = {"data": {"source": "builtin", "name": "iris"}, "model": {"family": "mlp"}}
-
-
-def _error(raw) -> str:
-    with pytest.raises(ConfigError) as info:
-        load_config(raw)
-    message = str(info.value)
-    assert "\n" not in message, "config errors are one line"
-    return message
 
 
 # -- unknown keys and names ------------------------------------------------------------------

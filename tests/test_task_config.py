@@ -8,6 +8,7 @@ import warnings
 import pytest
 import torch
 import yaml
+from helpers import config_error as _error
 from helpers import assert_one_line_error, cli, quick_train, run_dirs, tiny_mlp, write_yaml
 
 import layerwise
@@ -18,14 +19,6 @@ from layerwise.train.strategies import STRATEGIES, Strategy, register_strategy
 
 DIGITS = {"source": "builtin", "name": "digits", "limit": 200}
 IRIS = {"source": "builtin", "name": "iris"}
-
-
-def _error(raw) -> str:
-    with pytest.raises(ConfigError) as info:
-        load_config(raw)
-    message = str(info.value)
-    assert "\n" not in message, "config errors are one line"
-    return message
 
 
 # -- the long form ---------------------------------------------------------------------------

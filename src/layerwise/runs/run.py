@@ -189,7 +189,7 @@ def train(config: str | Path | Mapping[str, Any] | ExperimentConfig | None = Non
         if not (run_dir / "config.yaml").is_file():
             raise RunError(f"--resume: {run_dir} is not a run directory (no config.yaml)")
         saved = load_config(run_dir / "config.yaml")
-        cfg = load_config(run_dir / "config.yaml", extra or None)
+        cfg = load_config(saved, extra or None)  # the saved config, read once, with this resume's overrides
         check_model_code(cfg.model, run_dir, trust_code)  # a resumed python-family run imports its file again
         changes = resume_changes(saved, cfg)  # refuses what a resume cannot honour, in one line
         checkpoint = run_dir / "checkpoints" / "last.pt"

@@ -173,7 +173,7 @@ def anomaly_scores(run, options: AnomalyOptions) -> AnomalyResult:
     and records the threshold in ``RUN/anomaly.json``."""
     source, quantile, normal, labels_column, out = (options.inputs, options.quantile, options.normal,
                                                     options.labels_column, options.out)
-    check_run(run)
+    score_key = check_run(run)
     from ..data.inputs import read_inputs
 
     threshold, val_scores = validation_threshold(run, quantile)
@@ -185,7 +185,7 @@ def anomaly_scores(run, options: AnomalyOptions) -> AnomalyResult:
     truth = _truth(run, source, inputs, [str(c) for c in normal] if normal else None, labels_column)
     metrics = {} if truth is None else _curve_metrics(truth, scores, flagged)
     result = AnomalyResult(inputs.ids, scores, flagged, threshold, quantile, metrics)
-    record = {"score": check_run(run), "quantile": quantile, "threshold": threshold,
+    record = {"score": score_key, "quantile": quantile, "threshold": threshold,
               "val_samples": len(val_scores), "input": str(source) if isinstance(source, (str, Path)) else None,
               "flagged": int(flagged.sum()), "samples": len(scores), "metrics": metrics}
     from ..core.io import atomic_write

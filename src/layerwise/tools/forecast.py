@@ -82,11 +82,10 @@ def forecast_frame(run, options: ForecastOptions):
 
     Returns a DataFrame of the future times and predicted values; with ``out``, also writes it as a
     CSV and a plot of the history and the forecast beside it (``frame.attrs["files"]``)."""
-    if options.out is None:
-        return _forecast(run, options.inputs, options.horizon)
-    csv_path, plot_path = write_forecast(run, options.inputs, options.horizon, options.out)
     frame = _forecast(run, options.inputs, options.horizon)
-    frame.attrs["files"] = [str(csv_path), str(plot_path)]
+    if options.out is not None:
+        csv_path, plot_path = write_forecast(run, options.inputs, frame, options.out)
+        frame.attrs["files"] = [str(csv_path), str(plot_path)]
     return frame
 
 
@@ -134,14 +133,13 @@ def _forecast(run, inputs: Any, horizon: int | None = None):
     return frame
 
 
-def write_forecast(run, inputs: Any, horizon: int | None, out: str | Path) -> tuple[Path, Path]:
-    """Write the forecast to ``out`` (CSV) and a plot of the recent history and the forecast beside it
-    (same name, ``.png``); returns both paths."""
+def write_forecast(run, inputs: Any, forecast, out: str | Path) -> tuple[Path, Path]:
+    """Write ``forecast`` (the frame :func:`forecast_frame` made of ``inputs``) to ``out`` (CSV) and a plot
+    of the recent history and the forecast beside it (same name, ``.png``); returns both paths."""
     from ..core.sections import pyplot
 
     pre = _preprocessor(run)
     series, origin = _history(run, inputs)
-    forecast = _forecast(run, inputs, horizon)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     forecast.to_csv(out, index=False)
