@@ -26,7 +26,7 @@ from layerwise.data import load_data
 from layerwise.data.loader import BatchLoader
 from layerwise.models import build_model
 from layerwise.runs.config import load_config
-from layerwise.runs.run import prepare_bundle
+from layerwise.runs.training import prepare_bundle
 from layerwise.train import Checkpoint, HistoryCSV, Trainer
 from layerwise.train.optim import make_optimizer
 

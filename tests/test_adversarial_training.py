@@ -11,7 +11,7 @@ from helpers import assert_one_line_error, cli, quick_train, run_dirs, tiny_mlp,
 
 import layerwise
 from layerwise.runs.config import load_config
-from layerwise.runs.run import loaders, prepare
+from layerwise.runs.training import loaders, prepare
 
 EPS = 0.1
 

@@ -109,7 +109,9 @@ def test_missing_required_key_is_named():
 
 def test_section_that_is_not_a_mapping(tmp_path):
     assert _error({"train": 5}).startswith("train: expected a mapping")
-    assert _error(write_yaml(tmp_path / "list.yaml", "- a\n- b\n")).startswith("config: expected a mapping")
+    message = _error(write_yaml(tmp_path / "list.yaml", "- a\n- b\n"))
+    assert message.startswith(f"{tmp_path / 'list.yaml'}: expected a mapping") and "received list" in message
+    assert "received int 5" in _error(write_yaml(tmp_path / "scalar.yaml", "5\n"))
 
 
 def test_config_error_is_a_value_error():
@@ -128,16 +130,122 @@ def test_missing_file_and_bad_yaml(tmp_path):
         load_config(bad)
 
 
-def test_empty_yaml_is_the_all_defaults_config(tmp_path):
-    cfg = load_config(write_yaml(tmp_path / "empty.yaml", ""))
-    assert cfg == load_config({})
-    assert cfg.model.family == "cnn" and cfg.data.source == "builtin"
+@pytest.mark.parametrize("text", ["", "\n  \n", "# only a comment\n", "null\n", "~\n", "---\n"])
+def test_empty_yaml_is_an_error_naming_the_file(tmp_path, text):
+    # an empty file is a wrong path or an unsaved editor, not a request for the default CNN
+    path = write_yaml(tmp_path / "empty.yaml", text)
+    message = _error(path)
+    assert message.startswith(f"{path} is empty:")
+    assert "without CONFIG" in message
 
 
 def test_none_is_the_embedded_default():
     cfg = load_config(None)
     assert cfg.name == "digits-cnn"
     assert cfg.train.scheduler.name == "onecycle"
+
+
+# -- inputs the fuzz test (test_config_fuzz.py) found escaping as tracebacks or broken messages ------
+
+
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("name: 2020-13-45\n", "cannot read '2020-13-45' as a timestamp (month must be in 1..12) at line 1, column 7"),
+        ("train: {epochs: !!int abc}\n", "cannot read 'abc' as an int"),
+        ("name: !!timestamp foo\n", "cannot read 'foo' as a timestamp at line 1"),
+        ("name: !!bool maybe\n", "cannot read 'maybe' as a bool"),
+        ("train: {epochs: " + "1" * 5000 + "}\n", "(Exceeds the limit (4300 digits) for integer string conversion)"),
+    ],
+)
+def test_a_value_pyyaml_cannot_build_is_a_config_error(tmp_path, text, fragment):
+    # PyYAML let ValueError, AttributeError or KeyError escape for these
+    path = write_yaml(tmp_path / "bad.yaml", text)
+    message = _error(path)
+    assert message.startswith(f"{path}: ") and fragment in message
+    assert message.endswith("quote it to keep it text")
+
+
+def test_a_value_pyyaml_cannot_build_in_an_override_is_text():
+    assert parse_override("name=2020-13-45") == ("name", "2020-13-45")
+    assert load_config(IRIS, ["name=2020-13-45"]).name == "2020-13-45"
+
+
+def test_nesting_past_the_stack_is_a_config_error(tmp_path):
+    # a RecursionError escaped: PyYAML's parser and copy.deepcopy recurse once per level
+    deep = write_yaml(tmp_path / "deep.yaml", "train: " + "[" * 2000 + "]" * 2000 + "\n")
+    assert "nested hundreds of levels deep" in _error(deep)
+    value: list = []
+    for _ in range(5000):
+        value = [value]
+    assert _error({"model": {"family": "mlp", "hidden": value}}).startswith("model.hidden.0.0...: nested more than")
+    assert "nested more than" in _error({**IRIS, "train": {"epochs": value[0]}})
+    with pytest.raises(ConfigError, match="^model.hidden.0.0...: nested more than"):
+        load_config(IRIS, ["model.hidden=" + "[" * 100 + "]" * 100])
+    with pytest.raises(ConfigError, match="^model.hidden: Input should be a valid list"):
+        load_config(IRIS, ["model.hidden=" + "[" * 2000 + "]" * 2000])  # past PyYAML's stack: the text itself
+
+
+def test_an_alias_inside_its_own_anchor_is_a_config_error(tmp_path):
+    # the python family's free-form args accepted it, and saving the run's config.yaml then failed
+    path = write_yaml(tmp_path / "loop.yaml", "model: {family: python, target: net.py:Net, args: &a {x: *a}}\n")
+    assert _error(path) == "model.args.x: holds itself (a YAML alias inside its own anchor); write the value out"
+
+
+def test_line_breaks_in_keys_and_names_stay_on_one_line():
+    assert _error({"train": {"a\nb": 1}}).startswith("train.'a\\nb': unknown key")
+    assert _error({"a\nb": 1}).startswith("'a\\nb': unknown section")
+    assert _error({"model": {"family": "cn\nn"}}).startswith("model.family: unknown model family 'cn\\nn'")
+    assert _error({"task": "x\ny"}).startswith("task: unknown task 'x\\ny'")
+    with pytest.raises(ConfigError, match=r"^--set 'train.epochs.a\\nb': 'train.epochs' is a value"):
+        load_config(IRIS, ["train.epochs=1", "train.epochs.a\nb=1"])
+
+
+def test_long_values_are_cut_in_messages():
+    # the whole value was quoted: a message of 5,000 characters for a long --set value
+    assert len(_error({"data": {"source": 10**400}})) < 120
+    assert len(_error({"data": {"source": "x" * 5000}})) < 400
+    assert len(_error(IRIS | {"data": {"name": "iris", "sampler": "1" * 5000}})) < 200
+    assert len(_error({"train": {"x" * 5000: 1}})) < 400
+    with pytest.raises(ConfigError, match="expected KEY=VALUE") as info:
+        load_config(IRIS, ["x" * 5000])
+    assert len(str(info.value)) < 200
+
+
+def test_a_source_that_is_not_a_mapping_or_a_path(tmp_path):
+    # load_config(["a"]) raised TypeError in pathlib; a top-level list with overrides, ValueError in dict()
+    assert _error(["train"]).startswith("config: expected a mapping of sections, a YAML file's path")
+    listed = write_yaml(tmp_path / "list.yaml", "- abc\n")
+    with pytest.raises(ConfigError, match=r"list\.yaml: expected a mapping of sections"):
+        load_config(listed, ["train.epochs=1"])
+
+
+def test_unreadable_config_paths(tmp_path):
+    # a name too long for the file system raised OSError
+    message = _error(str(tmp_path / ("x" * 5000)))
+    assert message.endswith("cannot read the config file (File name too long)") and len(message) < 300
+    assert _error("a\nb.yaml").startswith("config file not found: 'a\\nb.yaml'")
+
+
+def test_deprecation_warning_of_a_string_with_a_line_break_is_one_line():
+    with pytest.warns(DeprecationWarning) as caught, pytest.raises(ConfigError):
+        load_config({**IRIS, "train": {"class_weight": "a\nb"}})
+    assert [str(w.message) for w in caught] == [
+        'train.class_weight is deprecated; write it as task: {name: classification, class_weight: "a\\nb"}']
+
+
+def test_a_run_name_must_fit_a_folder_name():
+    # accepted, then creating runs/NAME-TIMESTAMP failed with OSError (File name too long)
+    assert load_config({**IRIS, "name": "a" * 200}).name == "a" * 200
+    assert _error({**IRIS, "name": "a" * 201}).startswith("name: String should have at most 200 characters")
+
+
+def test_registry_lookup_of_a_value_that_is_not_a_name():
+    from layerwise import FAMILIES
+
+    with pytest.raises(ConfigError, match=r"^model.family: expected the name of a model family; received list"):
+        FAMILIES.get(["cnn"])
+    assert ["cnn"] not in FAMILIES
 
 
 # -- overrides -------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from layerwise.data.loader import BatchLoader
 from layerwise.data.pipeline import split_indices
 from layerwise.data.preprocess import ImagePreprocessor
 from layerwise.data.spec import Split
-from layerwise.runs.run import loaders
+from layerwise.runs.training import loaders
 
 
 def bundle_of(data: dict, model: dict | None = None, **kw):

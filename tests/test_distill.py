@@ -13,7 +13,7 @@ from helpers import assert_one_line_error, cli, quick_train, run_dirs, tiny_mlp,
 import layerwise
 from layerwise.core.errors import ConfigError
 from layerwise.runs.config import load_config
-from layerwise.runs.run import prepare
+from layerwise.runs.training import prepare
 from layerwise.tasks.distillation import TeacherCallback, distillation_loss
 
 

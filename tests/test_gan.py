@@ -11,7 +11,7 @@ from layerwise import ModelError
 from layerwise.data.spec import DataSpec
 from layerwise.models import FAMILIES, build_model
 from layerwise.runs.config import load_config
-from layerwise.runs.run import prepare
+from layerwise.runs.training import prepare
 from layerwise.tasks.adversarial import gan_losses
 
 DIGITS = {"source": "builtin", "name": "digits", "limit": 300}

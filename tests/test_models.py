@@ -113,7 +113,7 @@ def test_safetensors_round_trip_gives_identical_outputs(family, spec_name, tmp_p
     from safetensors import safe_open
     from safetensors.torch import load_file
 
-    from layerwise.runs.run import save_model
+    from layerwise.runs.training import save_model
 
     model, spec = _build(family, spec_name)
     # a few training steps so batch-norm statistics differ from their initial values

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from layerwise.data import load_data
 from layerwise.models import build_model
 from layerwise.runs.config import load_config
-from layerwise.runs.run import loaders
+from layerwise.runs.training import loaders
 from layerwise.tasks import StepOutput
 from layerwise.tasks.classification import Classification
 from layerwise.train import Checkpoint, Trainer

@@ -14,7 +14,7 @@ from helpers import assert_one_line_error, cli, quick_train, run_dirs, tiny_mlp,
 import layerwise
 from layerwise import ConfigError, load_config
 from layerwise.core.config import ConfigDeprecationWarning
-from layerwise.runs.run import prepare
+from layerwise.runs.training import prepare
 from layerwise.train.strategies import STRATEGIES, Strategy, register_strategy
 
 DIGITS = {"source": "builtin", "name": "digits", "limit": 200}

@@ -18,9 +18,9 @@ from torch import nn
 
 import layerwise
 from layerwise import TrainingDivergedError, load_config
-from layerwise.runs.run import loaders, prepare
+from layerwise.runs.training import loaders, prepare
 from layerwise.train import Callback, EarlyStopping, Trainer, load_checkpoint
-from layerwise.train.optim import make_optimizer, make_schedule
+from layerwise.train.optim import SCHEDULERS, make_optimizer, make_schedule
 
 
 def fit(raw: dict, callbacks=(), val: bool = True):
@@ -90,13 +90,14 @@ RESUME_CONFIG = {
 }
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("scheduler", ["cosine", "onecycle"])  # onecycle: the default config's schedule
-def test_resume_after_sigkill_is_exact(tmp_path, scheduler):
-    from safetensors.torch import load_file
-
+def _kill_and_resume(tmp_path, scheduler: str) -> dict:
+    """Train one config twice side by side; SIGKILL one once its checkpoint has been rewritten, then
+    resume it. Returns what the test checks (or the first failure, as text)."""
+    tmp_path = tmp_path / scheduler
+    tmp_path.mkdir()
     config = write_yaml(tmp_path / "resume.yaml",
-                        {**RESUME_CONFIG, "train": {**RESUME_CONFIG["train"], "scheduler": scheduler}})
+                        {**RESUME_CONFIG, "train": {**RESUME_CONFIG["train"],  # step and plateau act every epoch
+                                                    "scheduler": {"name": scheduler, "step_size": 1, "patience": 0}}})
     whole_runs, killed_runs = tmp_path / "whole", tmp_path / "killed"
     # the uninterrupted run and the one we kill run side by side, with the same environment
     whole = subprocess.Popen(cli_command("train", config, "--runs-dir", whole_runs, "--quiet"), cwd=tmp_path,
@@ -106,7 +107,7 @@ def test_resume_after_sigkill_is_exact(tmp_path, scheduler):
     try:
         checkpoint = None
         first_write = None
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 240
         while time.monotonic() < deadline and victim.poll() is None:
             found = [d / "checkpoints" / "last.pt" for d in run_dirs(killed_runs)]
             if found and found[0].exists():
@@ -119,23 +120,49 @@ def test_resume_after_sigkill_is_exact(tmp_path, scheduler):
                     break  # rewritten at least once: training is well under way
             time.sleep(0.005)
         victim.send_signal(signal.SIGKILL)
-        assert victim.wait(timeout=30) == -signal.SIGKILL, "the run finished before it could be killed"
+        killed = victim.wait(timeout=30)
     finally:
         if victim.poll() is None:
             victim.kill()
-    assert checkpoint is not None
-    run = checkpoint.parent.parent
-    assert not (run / "model.safetensors").exists()
-    state = load_checkpoint(checkpoint)
+    result = {"killed": killed, "checkpoint": checkpoint}
+    if checkpoint is not None:
+        run = checkpoint.parent.parent
+        result.update(run=run, model_before_resume=(run / "model.safetensors").exists(),
+                      state=load_checkpoint(checkpoint), resume=cli("train", "--resume", run, "--quiet", cwd=tmp_path))
+    out, err = whole.communicate(timeout=600)
+    result.update(whole_code=whole.returncode, whole_err=err, whole_run=(run_dirs(whole_runs) or [None])[0])
+    return result
+
+
+@pytest.fixture(scope="module")
+def sigkilled(request, tmp_path_factory) -> dict:
+    """Every selected schedule's kill-and-resume, three schedules (six processes) at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    selected = sorted({item.callspec.params["scheduler"] for item in request.session.items
+                       if getattr(item, "originalname", "") == "test_resume_after_sigkill_is_exact"})
+    base = tmp_path_factory.mktemp("sigkill")
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        return dict(zip(selected, pool.map(lambda name: _kill_and_resume(base, name), selected)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scheduler", sorted(SCHEDULERS))  # onecycle: the default config's schedule
+def test_resume_after_sigkill_is_exact(scheduler, sigkilled):
+    from safetensors.torch import load_file
+
+    result = sigkilled[scheduler]
+    assert result["killed"] == -signal.SIGKILL, "the run finished before it could be killed"
+    assert result["checkpoint"] is not None
+    run = result["run"]
+    assert not result["model_before_resume"]
     steps_per_epoch = math.ceil(1294 / 32)
-    assert 0 < state["global_step"] < RESUME_CONFIG["train"]["epochs"] * steps_per_epoch
-
-    code, out, err = cli("train", "--resume", run, "--quiet", cwd=tmp_path)
+    assert 0 < result["state"]["global_step"] < RESUME_CONFIG["train"]["epochs"] * steps_per_epoch
+    code, out, err = result["resume"]
     assert code == 0, err
-    out_whole, err_whole = whole.communicate(timeout=300)
-    assert whole.returncode == 0, err_whole
+    assert result["whole_code"] == 0, result["whole_err"]
 
-    (whole_run,) = run_dirs(whole_runs)
+    whole_run = result["whole_run"]
     expected, resumed = load_file(whole_run / "model.safetensors"), load_file(run / "model.safetensors")
     assert_same_weights(expected, resumed)
     hist_a = layerwise.load_run(whole_run).history

@@ -12,7 +12,7 @@ from .core import __version__  # noqa: E402
 from .core.config import DataConfig, ExperimentConfig, ModelConfig, TaskConfig  # noqa: E402
 from .runs.config import load_config  # noqa: E402
 from .core.errors import (ConfigError, DataError, LayerwiseError, ModelError, PluginError, RunError,  # noqa: E402
-                          TrainingDivergedError)
+                          TrainingDivergedError, TrainingInterrupted, DiskFullError)
 from .models import FAMILIES, LayerwiseModel, register_family  # noqa: E402
 from .data import SOURCES, DataSource, register_source  # noqa: E402
 from .tasks import TASKS, Task, register_task  # noqa: E402
@@ -26,6 +26,7 @@ from .tools.distill import distill  # noqa: E402
 __all__ = [
     "__version__", "train", "load_run", "Run", "cross_validate", "load_config", "ExperimentConfig",
     "LayerwiseError", "ConfigError", "DataError", "ModelError", "RunError", "TrainingDivergedError", "PluginError",
+    "TrainingInterrupted", "DiskFullError",
     "ModelConfig", "DataConfig", "TaskConfig",
     "FAMILIES", "LayerwiseModel", "register_family", "SOURCES", "DataSource", "register_source",
     "TASKS", "Task", "register_task", "STRATEGIES", "Strategy", "register_strategy", "distill", "TOOLS", "ToolOptions", "option", "register_tool",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -19,7 +20,7 @@ from pathlib import Path
 import click
 
 from ..core.config import ConfigDeprecationWarning
-from ..core.errors import LayerwiseError
+from ..core.errors import LayerwiseError, TrainingInterrupted
 from .common import CONTEXT, console, metrics_table, trust_option
 from .tools import ToolGroup, option_params, tool_values, tools_markdown
 
@@ -152,7 +153,7 @@ def models_show(config, overrides) -> None:
 
     from ..models.summary import summarize
     from ..runs.config import load_config
-    from ..runs.run import prepare
+    from ..runs.training import prepare
 
     prepared = prepare(load_config(config, list(overrides)))
     rows = summarize(prepared.model, prepared.bundle.spec.example_input(1))
@@ -227,10 +228,12 @@ def main(argv: list[str] | None = None) -> int:
                 raise
             click.echo(f"error: {exc}", err=True)
             return 2
-        except (click.exceptions.Abort, KeyboardInterrupt):
-            hint = "; continue a training run with `layerwise train --resume RUN`" if args[:1] == ["train"] else ""
-            click.echo(f"interrupted{hint}", err=True)
-            return 130
+        except (click.exceptions.Abort, KeyboardInterrupt) as exc:
+            # training says what it kept and how to continue (TrainingInterrupted: click wraps it in
+            # Abort); anything else stopped before a run directory existed, or only read one
+            stopped = exc.__cause__ if isinstance(exc.__cause__, TrainingInterrupted) else exc
+            click.echo(str(stopped) if isinstance(stopped, TrainingInterrupted) else "interrupted", err=True)
+            return 128 + getattr(stopped, "signum", signal.SIGINT)
         except click.ClickException as exc:
             exc.show()
             return exc.exit_code

@@ -36,6 +36,9 @@ __all__ = [
     "warn_deprecated",
     "apply_overrides",
     "parse_override",
+    "read_yaml",
+    "check_nesting",
+    "YAMLValueError",
 ]
 
 
@@ -211,7 +214,10 @@ class ExperimentConfig(Section):
     ``train.label_smoothing``); preparing a run checks them against the task it infers.
     """
 
-    name: str = Field("experiment", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="run name prefix")
+    # max_length: the run's folder, NAME-TIMESTAMP (staged as .NAME-TIMESTAMP-XXXXXXXX.partial), must fit
+    # the file system's 255 bytes
+    name: str = Field("experiment", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=200,
+                      description="run name prefix")
     data: SerializeAsAny[DataConfig] = Field(default_factory=DataConfig)
     model: SerializeAsAny[ModelConfig] = Field(default_factory=ModelConfig)
     task: str | None = Field(None, description="the task's name; implied by the data and the model family when "
@@ -239,8 +245,23 @@ class ExperimentConfig(Section):
 
 
 def _describe(value: Any) -> str:
-    text = repr(value)
+    """A value as a message shows it: its repr, cut to 60 characters."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
+        return f"an integer of about {value.bit_length() * 0.30103:.0f} digits"  # Python refuses repr past 4300
+    try:
+        text = repr(value)
+    except RecursionError:
+        text = f"a {type(value).__name__} nested too deeply to show"
     return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _key(part: Any) -> str:
+    """A key or name the user wrote, as a message shows it: itself when it is a short printable
+    word, else its repr (a newline in a key would break the one-line message), cut to 40 characters."""
+    text = part if isinstance(part, str) else str(part)
+    if not text.isprintable() or not text.strip() or len(text) > 40:
+        text = repr(text) if len(text) <= 40 else repr(text[:30]) + "..."
+    return text
 
 
 def _format_error(exc: ValidationError, prefix: str, schema: type[BaseModel],
@@ -251,7 +272,7 @@ def _format_error(exc: ValidationError, prefix: str, schema: type[BaseModel],
     ``adversarial_training`` -> ``train.adversarial``): its errors name that path."""
     errors = exc.errors()
     first = errors[0]
-    loc = [str(part) for part in first["loc"] if not str(part).startswith("function-")]
+    loc = [_key(part) for part in first["loc"] if not str(part).startswith("function-")]
     # pydantic reports a union's branches in the path ("str", "list[float]"); users never wrote them
     loc = [p for p in loc if p not in {"str", "int", "float", "bool", "list[float]", "literal['balanced']"}]
     path = ".".join([prefix, *loc]) if prefix else ".".join(loc)
@@ -271,13 +292,14 @@ def _format_error(exc: ValidationError, prefix: str, schema: type[BaseModel],
     elif first["type"] == "literal_error" and isinstance(first.get("input"), str):
         choices = [c.strip(" '") for c in first.get("ctx", {}).get("expected", "").replace(" or ", ",").split(",")]
         choices = [c for c in choices if c]
-        message = (f"{path}: unknown value {first['input']!r}{did_you_mean(first['input'], choices)}; "
+        message = (f"{path}: unknown value {_describe(first['input'])}{did_you_mean(first['input'], choices)}; "
                    f"choose one of: {', '.join(choices)}")
     else:
         message = f"{path}: {first['msg'].rstrip('.')}; received {_describe(first.get('input'))}"
     if len(errors) > 1:
         message += f" (and {len(errors) - 1} more error{'s' if len(errors) > 2 else ''})"
-    return ConfigError(message)
+    # a schema's own check may quote a value the user wrote with a line break in it
+    return ConfigError(message.replace("\r", "\\r").replace("\n", "\\n"))
 
 
 def _known_keys(schema: type[BaseModel], loc: list[str]) -> list[str]:
@@ -333,14 +355,83 @@ def with_defaults(section: BaseModel, defaults: Mapping[str, Any], prefix: str) 
     return validate_section(type(section), {**implied, **explicit}, prefix)
 
 
+# ----------------------------------------------------------------------------------------------
+# reading YAML
+
+MAX_DEPTH = 32  # levels of nesting a config may have (the deepest real key sits 3 levels down)
+MAX_VALUES = 1_000_000  # values in a config, an alias counted at each use: a "billion laughs" file stops here
+
+
+class YAMLValueError(yaml.MarkedYAMLError):
+    """A scalar PyYAML cannot build as the type its form or tag says: ``2020-13-45`` (a date, month
+    13), ``!!int abc``, an integer of more than 4300 digits. PyYAML lets these escape as bare
+    ValueError, AttributeError...; here they are YAML errors with a position."""
+
+    def __init__(self, value: str, kind: str, reason: str, mark: Any):
+        article = "an" if kind[:1] in "aeiou" else "a"
+        super().__init__(problem=f"cannot read {value} as {article} {kind}" + (f" ({reason})" if reason else ""),
+                         problem_mark=mark)
+
+
+class _Loader(yaml.SafeLoader):
+    def construct_object(self, node: Any, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, TypeError, AttributeError, LookupError, OverflowError) as exc:
+            value = _describe(node.value) if isinstance(node.value, str) else "this value"
+            # Python's own reasons only: AttributeError or KeyError is PyYAML tripping over a regex miss;
+            # the integer limit's message goes on with advice for programmers after its ';'
+            reason = str(exc).partition(";")[0] if isinstance(exc, (ValueError, OverflowError)) else ""
+            reason = reason if len(reason) <= 80 else reason.partition(":")[0][:80]
+            raise YAMLValueError(value, node.tag.rpartition(":")[2], reason, node.start_mark) from None
+
+
+def read_yaml(text: str) -> Any:
+    """``yaml.safe_load`` whose every bad value is a :class:`yaml.YAMLError` with a position (a
+    RecursionError still escapes for brackets nested hundreds deep: the caller says which file)."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+
+
+def check_nesting(raw: Any) -> None:
+    """Refuse a config nested more than :data:`MAX_DEPTH` levels deep, holding more than
+    :data:`MAX_VALUES` values, or holding itself (``x: &a [*a]``): copying and validating those
+    would exhaust the stack or the clock."""
+    count = 0
+
+    def where(path: tuple[Any, ...]) -> str:
+        return ".".join(_key(p) for p in path[:4]) + ("..." if len(path) > 4 else "") or "config"
+
+    def visit(value: Any, path: tuple[Any, ...], ancestors: frozenset[int]) -> None:
+        nonlocal count
+        count += 1
+        if count > MAX_VALUES:
+            raise ConfigError(f"{where(path)}: the config holds more than {MAX_VALUES:,} values (a YAML alias "
+                              f"counts at each use); write it out smaller")
+        if isinstance(value, Mapping):
+            children = list(value.items())
+        elif isinstance(value, (list, tuple, set, frozenset)):
+            children = list(enumerate(value))
+        else:
+            return
+        if id(value) in ancestors:
+            raise ConfigError(f"{where(path)}: holds itself (a YAML alias inside its own anchor); write the value out")
+        if len(path) >= MAX_DEPTH:
+            raise ConfigError(f"{where(path)}: nested more than {MAX_DEPTH} levels deep; a config is a few levels "
+                              f"of sections")
+        for key, child in children:
+            visit(child, (*path, key), ancestors | {id(value)})
+
+    visit(raw, (), frozenset())
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """``"train.epochs=3"`` → ``("train.epochs", 3)``; the value is parsed as YAML."""
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
-        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set train.epochs=3")
+        raise ConfigError(f"--set {_describe(text)}: expected KEY=VALUE, e.g. --set train.epochs=3")
     try:
-        parsed = yaml.safe_load(value) if value.strip() else None
-    except yaml.YAMLError:
+        parsed = read_yaml(value) if value.strip() else None
+    except (yaml.YAMLError, RecursionError):  # not YAML: the text itself, which validation may refuse
         parsed = value
     return key.strip(), parsed
 
@@ -360,7 +451,7 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Mapping[str, Any]) -> dic
                 child = {"name": child} if isinstance(child, str) else {}
                 node[part] = child
             if not isinstance(child, dict):
-                raise ConfigError(f"--set {dotted}: '{'.'.join(parts[: i + 1])}' is a value, not a section")
+                raise ConfigError(f"--set {_key(dotted)}: '{_key('.'.join(parts[: i + 1]))}' is a value, not a section")
             node = child
         if isinstance(value, Mapping) and isinstance(node.get(parts[-1]), Mapping):
             node[parts[-1]] = {**node[parts[-1]], **value}

@@ -17,6 +17,9 @@ __all__ = [
     "TrainingDivergedError",
     "MissingExtraError",
     "PluginError",
+    "DiskFullError",
+    "RunLockedError",
+    "TrainingInterrupted",
 ]
 
 
@@ -50,6 +53,32 @@ class MissingExtraError(LayerwiseError, ImportError):
 
 class PluginError(LayerwiseError, ImportError):
     """An installed plugin package (entry-point group ``layerwise.plugins``) failed to load."""
+
+
+class DiskFullError(LayerwiseError, OSError):
+    """A write failed for lack of space (or quota); the file it replaces is intact. ``problem``: what
+    failed and how much space there is; the message adds ``advice`` (what to do next)."""
+
+    def __init__(self, problem: str, advice: str = "files written before are intact; free some space and run the "
+                                                   "command again"):
+        super().__init__(f"{problem}; {advice}")
+        self.problem = problem
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+class RunLockedError(RunError):
+    """Another process is training in this run directory."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped on Ctrl-C or SIGTERM. A ``KeyboardInterrupt``, so ``except KeyboardInterrupt``
+    keeps working; its message says what was kept and how to continue. ``signum``: the signal."""
+
+    def __init__(self, message: str = "interrupted", signum: int = 2):
+        super().__init__(message)
+        self.signum = signum
 
 
 def require(module: str, extra: str):

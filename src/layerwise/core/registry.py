@@ -51,6 +51,16 @@ def did_you_mean(name: str, choices: list[str]) -> str:
     return " (did you mean " + " or ".join(f"'{c}'" for c in close) + "?)"
 
 
+def quoted(name: object) -> str:
+    """A name the user wrote, for a one-line message: its repr (quoted, a newline shown as ``\\n``),
+    cut to 40 characters."""
+    try:
+        text = repr(name)
+    except (ValueError, RecursionError):  # an integer past Python's 4300 digits, a list inside itself
+        return f"a value of type {type(name).__name__}"
+    return text if len(text) <= 40 else text[:36] + ("...'" if isinstance(name, str) else "...")
+
+
 def import_submodules(package: str, skip: tuple[str, ...] = ()) -> None:
     """Import every public module of ``package``: adding a file is enough to register its entries."""
     import importlib
@@ -85,6 +95,9 @@ class Registry(Generic[T]):
         return add
 
     def get(self, name: str) -> T:
+        if not isinstance(name, str):  # a list or a mapping cannot be looked up (unhashable), a number names nothing
+            raise ConfigError(f"{self.key}: expected the name of a {self.kind}; received {type(name).__name__} "
+                              f"{quoted(name)}")
         if name not in self._entries:
             load_plugins()
         try:
@@ -92,13 +105,13 @@ class Registry(Generic[T]):
         except KeyError:
             names = sorted(self._entries)
             raise ConfigError(
-                f"{self.key}: unknown {self.kind} '{name}'{did_you_mean(str(name), names)}; "
+                f"{self.key}: unknown {self.kind} {quoted(name)}{did_you_mean(name, names)}; "
                 f"choose one of: {', '.join(names)}"
             ) from None
 
     def __contains__(self, name: object) -> bool:
         """Whether ``name`` is registered so far (plugins not loaded: modules ask this while importing)."""
-        return name in self._entries
+        return isinstance(name, str) and name in self._entries
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())

@@ -34,6 +34,8 @@ def read_idx(path: Path) -> np.ndarray:
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _DTYPES:
         raise DataError(f"{path}: not an IDX file (bad magic number); expected MNIST-format data")
     ndim = data[3]
+    if len(data) < 4 + 4 * ndim:
+        raise DataError(f"{path}: IDX header announces {ndim} dimensions but the file ends before them; the file is truncated")
     dims = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     dtype = np.dtype(_DTYPES[data[2]])
     expected = int(np.prod(dims)) * dtype.itemsize
@@ -63,8 +65,17 @@ class IdxSource(DataSource):
             raise DataError(f"data.path: folder not found: {where(folder)}; point it at the folder of IDX files")
         parts = {}
         for split, prefix in (("train", "train"), ("test", "t10k")):
-            images = read_idx(_find(folder, prefix, "images"))
-            labels = read_idx(_find(folder, prefix, "labels"))
+            images_path, labels_path = _find(folder, prefix, "images"), _find(folder, prefix, "labels")
+            images, labels = read_idx(images_path), read_idx(labels_path)
+            if images.ndim == 1 and labels.ndim in (3, 4):
+                raise DataError(f"{folder}: {images_path.name} holds labels and {labels_path.name} holds images; "
+                                f"the two files look swapped: swap their names")
+            if images.ndim not in (3, 4):
+                raise DataError(f"{images_path}: IDX images must be (N, H, W) or (N, H, W, C); the file holds "
+                                f"shape {images.shape}")
+            if labels.ndim != 1:
+                raise DataError(f"{labels_path}: IDX labels must be one value per image (N,); the file holds "
+                                f"shape {labels.shape}")
             if images.ndim == 3:
                 images = images[:, None]  # (N, H, W) → (N, 1, H, W)
             elif images.ndim == 4:

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ..core.config import DataConfig
 from ..core.errors import DataError
@@ -21,6 +21,14 @@ class ImageFolderConfig(DataConfig):
     path: str = Field(..., description="folder with one sub-folder of images per class")
     image_size: tuple[int, int] | int = Field(32, description="resize every image to this (height, width)")
     channels: Literal["auto", 1, 3] = Field("auto", description="1 (grayscale), 3 (RGB), or auto from the first image")
+
+    @model_validator(mode="after")
+    def _positive_size(self) -> ImageFolderConfig:
+        sizes = (self.image_size,) if isinstance(self.image_size, int) else self.image_size
+        if min(sizes) < 1:
+            raise ValueError(f"data.image_size: sizes must be at least 1 pixel; received {self.image_size!r}; "
+                             f"give a size such as 32 or [32, 32]")
+        return self
 
 
 def image_files(folder: Path) -> list[Path]:

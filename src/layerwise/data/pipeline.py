@@ -41,9 +41,9 @@ def split_indices(n: int, labels: np.ndarray | None, fraction: float, seed: int)
     from sklearn.model_selection import train_test_split
 
     index = np.arange(n)
-    if fraction <= 0:
+    held = _held_out(n, fraction)
+    if held == 0:
         return index, index[:0]
-    held = max(1, int(round(n * fraction)))
     stratify = labels
     if labels is not None:
         _, counts = np.unique(labels, return_counts=True)
@@ -51,6 +51,17 @@ def split_indices(n: int, labels: np.ndarray | None, fraction: float, seed: int)
             stratify = None
     kept, out = train_test_split(index, test_size=held, random_state=seed, shuffle=True, stratify=stratify)
     return np.sort(kept), np.sort(out)
+
+
+def _held_out(n: int, fraction: float) -> int:
+    """Samples a share of ``n`` holds out: at least one when the share is above zero."""
+    return max(1, int(round(n * fraction))) if fraction > 0 else 0
+
+
+def _train_rows(n: int, cfg: Any, own_test: bool) -> int:
+    """Samples left for training once ``split_rows`` holds out the test and validation shares."""
+    rest = n if own_test else n - _held_out(n, cfg.test_fraction)
+    return rest - _held_out(rest, cfg.val_fraction) if rest > 0 else rest
 
 
 def split_rows(y: np.ndarray, target: str, cfg: Any, own_test: bool = False):
@@ -91,7 +102,13 @@ def build_bundle(raw: RawData, cfg: Any, task: str | None) -> DataBundle:
     else:
         y = numeric_target(y, origin)
 
-    train_idx, val_idx, test_idx = split_rows(y, target, cfg, own_test=raw.x_test is not None)
+    own_test = raw.x_test is not None
+    if _train_rows(len(y), cfg, own_test) < 1:
+        needed = next(n for n in range(1, 10**6) if _train_rows(n, cfg, own_test) >= 1)
+        raise DataError(f"{origin}: {len(y)} sample(s) are too few to split into train/val/test: data.val_fraction "
+                        f"{cfg.val_fraction} and data.test_fraction {cfg.test_fraction} need at least {needed} "
+                        f"samples (rows); add samples, or set both fractions to 0")
+    train_idx, val_idx, test_idx = split_rows(y, target, cfg, own_test=own_test)
 
     classes = None
     scaler = None

@@ -154,7 +154,14 @@ class TabularPreprocessor:
             if parsed is None:
                 raise DataError(f"{origin}: column '{col}' should be numeric but holds text; fix its values")
             column = pd.to_numeric(column, errors="coerce")
-        return column.to_numpy(dtype=np.float64, na_value=np.nan)
+        values = column.to_numpy(dtype=np.float64, na_value=np.nan)
+        infinite = np.isinf(values)
+        if infinite.any():
+            first = int(np.argmax(infinite))
+            raise DataError(f"{origin}: column '{col}' has {int(infinite.sum())} infinite value(s) (first: {values[first]} "
+                            f"at row {frame.index[first]}); replace them with finite numbers, or leave the cells empty "
+                            f"to impute them")
+        return values
 
     @property
     def feature_names(self) -> list[str]:

@@ -5,13 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ..core.config import DataConfig
 from ..core.errors import DataError
 from ..core.registry import did_you_mean
 from . import DataSource, register_source, where
 from .spec import RawData
+
+COMPRESSED_SUFFIXES = {".gz", ".bz2", ".zip", ".xz", ".zst", ".tar"}  # pandas decompresses these itself
 
 
 class TableConfig(DataConfig):
@@ -25,6 +27,12 @@ class TableConfig(DataConfig):
                             "onehot or embedding: every categorical column"
     )
     impute: Literal["mean", "median"] = Field("mean", description="fill for missing numeric values")
+
+    @model_validator(mode="after")
+    def _some_target(self) -> TableConfig:
+        if not self.target:
+            raise ValueError(f"data.target: name the target column (or a list of columns); received {self.target!r}")
+        return self
 
 
 class CsvConfig(TableConfig):
@@ -41,21 +49,41 @@ def read_table(path: Path, delimiter: str = ","):
     tab-separated whatever ``delimiter`` says)."""
     import pandas as pd
 
+    if path.is_dir():
+        raise DataError(f"data.path: {path} is a folder; point it at the table file")
     if not path.is_file():
         raise DataError(f"data.path: file not found: {where(path)}; check the path")
+    suffix = path.suffix.lower()
+    if suffix not in {".parquet", ".pq", *COMPRESSED_SUFFIXES}:
+        with open(path, "rb") as fh:
+            if b"\0" in fh.read(4096):  # text tables hold no NUL bytes; xlsx, npz, images... do
+                raise DataError(f"{path}: not a text table (it holds NUL bytes: a binary file, or UTF-16 text); "
+                                f"export it as UTF-8 CSV, or save it as .parquet and set data.source: parquet")
     try:
-        if path.suffix.lower() in {".parquet", ".pq"}:
+        if suffix in {".parquet", ".pq"}:
             from ..core.errors import require
 
             require("pyarrow", "parquet")
             frame = pd.read_parquet(path)
+            header = list(frame.columns)
         else:
-            frame = pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else delimiter)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError, ValueError) as exc:
+            sep = "\t" if suffix == ".tsv" else delimiter
+            frame = pd.read_csv(path, sep=sep)
+            # pandas renames a repeated column 'a' to 'a.1': read the header as written to catch it
+            header = pd.read_csv(path, sep=sep, header=None, nrows=1, dtype=str, na_filter=False).iloc[0].tolist()
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text (it holds byte 0x{exc.object[exc.start]:02x}, which UTF-8 cannot "
+                        f"decode); save it as UTF-8") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(f"{path}: cannot be read as a table ({first}); check the file format") from None
     if frame.empty:
         raise DataError(f"{path}: the table has no rows")
+    names = [str(c).strip() for c in header]
+    repeated = [n for n in dict.fromkeys(names) if n and names.count(n) > 1]
+    if repeated:
+        raise DataError(f"{path}: column '{repeated[0]}' appears {names.count(repeated[0])} times in the header; "
+                        f"give each column a name of its own")
     frame.columns = [str(c).strip() for c in frame.columns]
     return frame
 

@@ -106,6 +106,9 @@ def check_output_shape(model: nn.Module, spec: DataSpec, what: str) -> None:
     try:
         with torch.no_grad():
             out = model(spec.example_input(2))
+    except SystemExit as exc:
+        raise ModelError(f"{what} called sys.exit({exc.code!r}) in its forward pass; a model must return its "
+                         f"outputs, or raise an exception") from None
     except Exception as exc:  # a user's module can fail in any way; name it and the input it got
         raise ModelError(
             f"{what} fails on inputs of shape (batch, {', '.join(map(str, spec.input_shape))}): "

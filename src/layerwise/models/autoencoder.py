@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import ClassVar, Literal
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field, PositiveInt, model_validator
 from torch import nn
 
 from ..core.config import ModelConfig, Section
@@ -47,8 +47,8 @@ class DenoisingConfig(Section):
 class AutoencoderConfig(ModelConfig):
     family: Literal["autoencoder"] = "autoencoder"
     architecture: Literal["dense", "conv"] = Field("dense", description="dense (images or tabular) or conv (images)")
-    hidden: list[int] = Field([128], description="dense: width of each encoder layer (the decoder mirrors them)")
-    channels: list[int] = Field([16, 32], description="conv: channels of each stride-2 encoder block (mirrored)")
+    hidden: list[PositiveInt] = Field([128], description="dense: width of each encoder layer (the decoder mirrors them)")
+    channels: list[PositiveInt] = Field([16, 32], description="conv: channels of each stride-2 encoder block (mirrored)")
     bottleneck: int = Field(16, ge=1, description="size of the code between encoder and decoder")
     activation: Activation = Field("relu", description="non-linearity")
     denoising: DenoisingConfig | None = Field(None, description="train as a denoising autoencoder: {noise, level}")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, PositiveInt
 from torch import nn
 
 from ..core.config import ModelConfig
@@ -16,7 +16,7 @@ from .layers import activation
 
 class CNNConfig(ModelConfig):
     family: Literal["cnn"] = "cnn"
-    channels: list[int] = Field([32, 64], description="output channels of each conv block")
+    channels: list[PositiveInt] = Field([32, 64], description="output channels of each conv block")
     convs_per_block: int = Field(2, ge=1, description="3x3 convolutions in each block")
     kernel_size: int = Field(3, ge=1, description="convolution kernel size (odd keeps the size)")
     pool: Literal["max", "avg", "none"] = Field("max", description="2x2 pooling after each block")

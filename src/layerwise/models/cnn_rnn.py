@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, PositiveInt
 from torch import nn
 
 from ..core.config import ModelConfig
@@ -27,7 +27,7 @@ __all__ = ["CNNRNN", "CNNRNNConfig", "FrameEncoder"]
 
 class CNNRNNConfig(ModelConfig):
     family: Literal["cnn_rnn"] = "cnn_rnn"
-    channels: list[int] = Field([16, 32], min_length=1, description="per-frame CNN: output channels of each conv block")
+    channels: list[PositiveInt] = Field([16, 32], min_length=1, description="per-frame CNN: output channels of each conv block")
     kernel_size: int = Field(3, ge=1, description="per-frame CNN: convolution kernel size (odd keeps the size)")
     batch_norm: bool = Field(True, description="per-frame CNN: batch normalization after each convolution")
     cell: Literal["gru", "lstm"] = Field("gru", description="the recurrent cell reading the frame embeddings")

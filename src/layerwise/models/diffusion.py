@@ -26,7 +26,7 @@ from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, PositiveInt
 from torch import nn
 
 from ..core.config import ModelConfig
@@ -59,10 +59,10 @@ class DiffusionConfig(ModelConfig):
     family: Literal["diffusion"] = "diffusion"
     schedule: Literal["linear", "cosine"] = Field("cosine", description="noise schedule (cosine: Nichol & Dhariwal 2021)")
     timesteps: int = Field(1000, ge=2, le=10000, description="diffusion steps T")
-    channels: list[int] = Field([32, 64], min_length=1, description="U-Net width at each resolution, highest first "
+    channels: list[PositiveInt] = Field([32, 64], min_length=1, description="U-Net width at each resolution, highest first "
                                 "(as many halvings as the input size allows)")
     attention: bool = Field(True, description="self-attention at the U-Net's lowest resolution")
-    hidden: list[int] = Field([128, 128, 128], min_length=1, description="MLP denoiser widths (tabular data)")
+    hidden: list[PositiveInt] = Field([128, 128, 128], min_length=1, description="MLP denoiser widths (tabular data)")
     time_dim: int = Field(64, ge=4, description="size of the sinusoidal time embedding (even)")
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout inside residual blocks")
     conditional: bool = Field(False, description="condition on class labels (classifier-free guidance)")

@@ -24,7 +24,7 @@ from itertools import pairwise
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, PositiveInt
 from torch import nn
 
 from ..core.config import ModelConfig
@@ -41,9 +41,9 @@ class GANConfig(ModelConfig):
     variant: Literal["auto", "conv", "mlp"] = Field("auto", description="conv (DCGAN) for images, mlp for tabular; "
                                                                         "auto picks by the input kind")
     latent: int = Field(64, ge=1, description="size of the noise vector z")
-    channels: list[int] = Field([64, 32], min_length=1, description="conv variant: G channels from the smallest map "
+    channels: list[PositiveInt] = Field([64, 32], min_length=1, description="conv variant: G channels from the smallest map "
                                                                     "up (D mirrors them); one upsampling per extra entry")
-    hidden: list[int] = Field([128, 128], min_length=1, description="mlp variant: hidden widths of G and D")
+    hidden: list[PositiveInt] = Field([128, 128], min_length=1, description="mlp variant: hidden widths of G and D")
     conditional: bool = Field(False, description="class-conditional G and D (class embedding / projection)")
     spectral_norm: bool = Field(False, description="spectral normalisation on every discriminator layer")
     loss: Literal["non_saturating", "hinge"] = Field("non_saturating", description="adversarial loss")

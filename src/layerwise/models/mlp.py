@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, PositiveInt
 from torch import nn
 
 from ..core.config import ModelConfig
@@ -15,7 +15,7 @@ from .layers import TabularInput, activation
 
 class MLPConfig(ModelConfig):
     family: Literal["mlp"] = "mlp"
-    hidden: list[int] = Field([128, 64], description="width of each hidden layer")
+    hidden: list[PositiveInt] = Field([128, 64], description="width of each hidden layer")
     activation: Literal["relu", "gelu", "tanh", "sigmoid", "silu"] = Field("relu", description="non-linearity")
     dropout: float = Field(0.1, ge=0, lt=1, description="dropout after each hidden layer")
     batch_norm: bool = Field(False, description="batch normalization before each activation")

@@ -44,6 +44,12 @@ def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _first_line(exc: BaseException) -> str:
+    """An exception's message cut to one line: errors from a user's code are reported on one line."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
+
+
 def _where(target: str) -> tuple[str, Path | None]:
     """(the file or module part of a target, the file's resolved path when it is a file)."""
     where = target.rpartition(":")[0]
@@ -66,14 +72,20 @@ def load_class(target: str) -> type:
         sys.modules[module_name] = module
         try:
             spec.loader.exec_module(module)
+        except SystemExit as exc:
+            raise ModelError(f"model.target: importing {path} called sys.exit({exc.code!r}); guard the file's "
+                             f"script code with if __name__ == '__main__'") from None
         except Exception as exc:
-            raise ModelError(f"model.target: importing {path} failed: {type(exc).__name__}: {exc}") from None
+            raise ModelError(f"model.target: importing {path} failed: {type(exc).__name__}: {_first_line(exc)}") from None
         _ALREADY_RUN[str(path)] = digest
     else:
         try:
             module = importlib.import_module(where)
         except ImportError as exc:
             raise ModelError(f"model.target: cannot import module '{where}': {exc}") from None
+        except SystemExit as exc:
+            raise ModelError(f"model.target: importing module '{where}' called sys.exit({exc.code!r}); guard its "
+                             f"script code with if __name__ == '__main__'") from None
         _ALREADY_RUN[where] = ""
     cls = getattr(module, name, None)
     if cls is None:
@@ -110,6 +122,12 @@ class ExternalModel(LayerwiseModel):
                 module = cls(**args)
             except TypeError as exc:
                 raise ModelError(f"model.args: {cls.__name__}({', '.join(args)}) failed: {exc}") from None
+            except Exception as exc:  # the user's own code: name it and what it raised
+                raise ModelError(f"model.target: building {cls.__name__} from {_where(config.target)[0]} failed: "
+                                 f"{type(exc).__name__}: {_first_line(exc)}") from None
+            except SystemExit as exc:
+                raise ModelError(f"model.target: building {cls.__name__} from {_where(config.target)[0]} called "
+                                 f"sys.exit({exc.code!r}); a model's constructor must raise an exception instead") from None
         self.module = module
         self.head = nn.Identity()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, PositiveInt
 from torch import nn
 
 from ..core.config import ModelConfig
@@ -14,7 +14,7 @@ from . import LayerwiseModel, register_family
 
 class ResNetConfig(ModelConfig):
     family: Literal["resnet"] = "resnet"
-    blocks: list[int] = Field([2, 2, 2], description="basic blocks per stage; each stage after the first halves the size")
+    blocks: list[PositiveInt] = Field([2, 2, 2], description="basic blocks per stage; each stage after the first halves the size")
     width: int = Field(16, ge=1, description="channels of the first stage (doubled at each stage)")
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout before the head")
 

@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, PositiveInt
 from torch import nn
 
 from ..core.config import ModelConfig
@@ -39,8 +39,8 @@ LOG_2PI = math.log(2 * math.pi)
 class VAEConfig(ModelConfig):
     family: Literal["vae"] = "vae"
     architecture: Literal["dense", "conv"] = Field("dense", description="dense (images or tabular) or conv (images)")
-    hidden: list[int] = Field([256, 128], description="dense: width of each encoder layer (the decoder mirrors them)")
-    channels: list[int] = Field([16, 32], description="conv: channels of each stride-2 encoder block (mirrored)")
+    hidden: list[PositiveInt] = Field([256, 128], description="dense: width of each encoder layer (the decoder mirrors them)")
+    channels: list[PositiveInt] = Field([16, 32], description="conv: channels of each stride-2 encoder block (mirrored)")
     latent: int = Field(8, ge=1, description="dimension of the Gaussian latent z")
     activation: Activation = Field("relu", description="non-linearity")
     beta: float = Field(1.0, gt=0, description="weight of the KL term (1: the ELBO; > 1: beta-VAE)")

@@ -10,12 +10,12 @@ unpickles, so it loads only when the run is trusted (``docs/security.md``).
 
 from __future__ import annotations
 
-import json
-
 from ..core.errors import RunError
 from ..models import build_model
 from ..ops import prune as pruning
 from ..ops import quantize as quant
+from ..train.checkpoint import state_mismatch
+from .files import RECOMPRESS, read_json, read_weights, run_file_error
 from .trust import OPT_IN, inside, trusted
 
 __all__ = ["COMPRESSION_FILE", "FORMATS", "load_compressed_model"]
@@ -43,15 +43,30 @@ def _file(run, info: dict, key: str):
     return path
 
 
+# the "format" in the metadata of the safetensors file each format loads from (older files have none)
+WEIGHTS_FORMAT = {"dynamic-int8": "layerwise-int8-dynamic", "pt2e-int8": "layerwise-int8-pt2e", "dense": "layerwise",
+                  "pruned": "layerwise"}
+WEIGHTS_KIND = {"layerwise": "float", "layerwise-int8-dynamic": "dynamic int8", "layerwise-int8-pt2e": "static int8"}
+
+
+def _weights(path, fmt: str) -> dict:
+    """The tensors of the safetensors file ``path``, which compression.json says holds ``fmt`` weights."""
+    # a static int8 state keeps its observers' ranges, +-inf in those no input reached
+    tensors, metadata = read_weights(path, RECOMPRESS, allow_infinite=fmt == "pt2e-int8")
+    written = metadata.get("format")
+    if written is not None and written != WEIGHTS_FORMAT[fmt]:  # e.g. the original run's float weights copied in
+        raise run_file_error(path, f"holds {WEIGHTS_KIND.get(written, written)} weights, not the {fmt} weights "
+                             f"{COMPRESSION_FILE} names", RECOMPRESS)
+    return tensors
+
+
 def load_compressed_model(run):
     """Rebuild a compressed run's model from its architecture, compression.json and saved weights."""
-    from safetensors.torch import load_file
-
-    info = json.loads((run.path / COMPRESSION_FILE).read_text())
+    info = read_json(run.path / COMPRESSION_FILE, RECOMPRESS, keys=("format",))
     fmt = info.get("format")
-    if fmt not in FORMATS:
-        raise RunError(f"{run.path / COMPRESSION_FILE}: unknown format {fmt!r}; this layerwise reads "
-                       f"{', '.join(FORMATS)}")
+    if not isinstance(fmt, str) or fmt not in FORMATS:
+        raise RunError(f"{run.path / COMPRESSION_FILE}: unknown format {fmt!r} (this layerwise reads "
+                       f"{', '.join(FORMATS)}); {RECOMPRESS}")
     path = _file(run, info, "model_file")
     if fmt == "exported-program":
         if not trusted(run.trust_code):
@@ -60,18 +75,27 @@ def load_compressed_model(run):
         return quant.load_program(path, run.config.model, run.spec)
     net = build_model(run.config.model, run.spec)
     if fmt == "pt2e-int8":
-        mode = (info.get("options") or {}).get("quantize")
+        options = info.get("options")
+        mode = options.get("quantize") if isinstance(options, dict) else None
         if mode not in ("static", "qat"):
-            raise RunError(f"{run.path / COMPRESSION_FILE}: options.quantize is {mode!r}; expected static or qat")
-        return quant.load_pt2e(net, load_file(_file(run, info, "state_file")), mode)
-    tensors = load_file(path)
+            raise RunError(f"{run.path / COMPRESSION_FILE}: options.quantize is {mode!r}, expected static or qat; "
+                           f"{RECOMPRESS}")
+        state = _file(run, info, "state_file")
+        tensors = _weights(state, fmt)
+        try:
+            return quant.load_pt2e(net, tensors, mode)
+        except RunError as exc:  # the int8 state does not fit: say which file
+            raise RunError(f"{state}: {exc}") from exc
+    tensors = _weights(path, fmt)
     if fmt == "dynamic-int8":
         return quant.load_dynamic(net, tensors, run.config.model.family)
     if fmt == "pruned":
+        if not isinstance(info.get("pruned_shapes"), dict):
+            raise run_file_error(run.path / COMPRESSION_FILE, "no 'pruned_shapes' entry", RECOMPRESS)
         pruning.apply_shapes(net, info["pruned_shapes"])
     try:
         net.load_state_dict(tensors)
     except RuntimeError as exc:
-        raise RunError(f"{path}: the weights do not fit the rebuilt {run.config.model.family} model "
-                       f"({str(exc).splitlines()[0]})") from None
+        raise run_file_error(path, f"the weights do not fit the {run.config.model.family} model config.yaml and "
+                             f"{COMPRESSION_FILE} describe ({state_mismatch(exc)})", RECOMPRESS) from exc
     return net.eval()

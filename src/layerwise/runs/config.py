@@ -14,7 +14,9 @@ that gives the new spelling; errors in their values still name the path the user
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass
+from os import PathLike
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -26,10 +28,14 @@ from ..core.config import (
     ExperimentConfig,
     TaskConfig,
     TrainConfig,
+    YAMLValueError,
     _describe,
     _format_error,
+    _key,
     apply_overrides,
+    check_nesting,
     parse_override,
+    read_yaml,
     validate_section,
     warn_deprecated,
 )
@@ -80,7 +86,7 @@ def _registered(registry_name: str, raw: Any, key: str, default: str) -> Any:
     name = raw.get(key, default) if isinstance(raw, Mapping) else default
     if not isinstance(name, str):  # a list or a mapping cannot name an entry (nor be looked up: unhashable)
         raise ConfigError(f"{registry_name}.{key}: expected a name such as '{default}'; received "
-                          f"{type(name).__name__} {name!r}")
+                          f"{type(name).__name__} {_describe(name)}")
     return registry.get(name)
 
 
@@ -99,12 +105,12 @@ def load_config(
     if overrides:
         items = overrides.items() if isinstance(overrides, Mapping) else map(parse_override, overrides)
         raw = apply_overrides(raw, dict(items))
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"config: expected a mapping of sections at the top level; received {_describe(raw)}")
+        check_nesting(raw)  # an override's value is YAML too
     known = [k for k, field in ExperimentConfig.model_fields.items() if not field.exclude]  # the YAML's sections
     for key in raw:
         if key not in known:
-            raise ConfigError(f"{key}: unknown section{did_you_mean(str(key), known)}; valid sections: {', '.join(known)}")
+            raise ConfigError(f"{_key(key)}: unknown section{did_you_mean(str(key), known)}; valid sections: "
+                              f"{', '.join(known)}")
 
     raw = dict(raw)
     task_name, task_raw = _task_section(raw.get("task"))
@@ -200,8 +206,12 @@ def _move_deprecated(raw: dict[str, Any], task: str | None, task_raw: dict[str, 
 
 
 def _inline(value: Any) -> str:
+    """``value`` written as YAML on one line, for a warning (cut past 100 characters)."""
     text = yaml.safe_dump(value, default_flow_style=True, width=10_000, sort_keys=False)
-    return text.strip().removesuffix("...").strip()  # a scalar's document ends with "..."
+    text = text.strip().removesuffix("...").strip()  # a scalar's document ends with "..."
+    if "\n" in text:  # YAML folds a string's line break onto a new line; JSON (which is YAML) escapes it
+        text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= 100 else text[:97] + "..."
 
 
 def _is_default(schema: type[TaskConfig], key: str, value: Any) -> bool:
@@ -257,17 +267,44 @@ def _read_raw(source: Any) -> Any:
     if isinstance(source, ExperimentConfig):
         return source.to_dict()
     if isinstance(source, Mapping):
+        check_nesting(source)  # before the copy, which would recurse as deep
         return copy.deepcopy(dict(source))
+    if not isinstance(source, (str, PathLike)):  # e.g. what yaml.safe_load made of a file that is a list
+        raise ConfigError(f"config: expected a mapping of sections, a YAML file's path or an ExperimentConfig; "
+                          f"received {type(source).__name__} {_describe(source)}")
     path = Path(source)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}; pass the path of a YAML experiment file")
+    shown = _shown(path)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {shown}; pass the path of a YAML experiment file")
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:  # a name too long, a file not readable...
+        raise ConfigError(f"{shown}: cannot read the config file ({exc.strerror or type(exc).__name__})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{shown}: not a text file; pass a YAML experiment file") from None
+    try:
+        raw = read_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ConfigError(f"{path}: {problem}{where}; fix the YAML syntax") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not a text file; pass a YAML experiment file") from None
-    return raw if raw is not None else {}
+        fix = "quote it to keep it text" if isinstance(exc, YAMLValueError) else "fix the YAML syntax"
+        raise ConfigError(f"{shown}: {problem}{where}; {fix}") from None
+    except RecursionError:
+        raise ConfigError(f"{shown}: brackets or indentation nested hundreds of levels deep; a config is a few "
+                          f"levels of sections") from None
+    if raw is None:  # nothing but whitespace, comments or `null`: a wrong file or an unsaved editor, not "defaults"
+        raise ConfigError(f"{shown} is empty: give at least data and model sections, or run `layerwise train` "
+                          f"without CONFIG for the built-in default")
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{shown}: expected a mapping of sections (data:, model:, train:...) at the top level; "
+                          f"received {type(raw).__name__} {_describe(raw)}")
+    check_nesting(raw)
+    return raw
+
+
+def _shown(path: Path) -> str:
+    """A path as a one-line message names it: a line break shows as ``\\n``, a long path loses its middle."""
+    text = str(path)
+    text = text if text.isprintable() else repr(text)
+    return text if len(text) <= 160 else f"{text[:60]}...{text[-90:]}"

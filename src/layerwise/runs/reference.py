@@ -19,6 +19,8 @@ def _default(field) -> str:
 def _type(field) -> str:
     text = str(field.annotation).replace("typing.", "").replace("<class '", "").replace("'>", "")
     text = re.sub(r"layerwise(\.\w+)*\.", "", text)  # schema classes by name, wherever they are defined
+    # a constrained item type (list[Annotated[int, Gt(gt=0)]]) reads as its type; the description says the range
+    text = re.sub(r"Annotated\[([^,\[\]]+), [^\[\]]*\]", r"\1", text)
     return text.replace("|", "\\|")
 
 

@@ -54,7 +54,7 @@ def cross_validate(config: str | Path | Mapping[str, Any] | ExperimentConfig | N
     from ..data import SOURCES
     from ..data.loader import BatchLoader
     from ..data.pipeline import build_bundle, infer_target
-    from ..runs.run import loaders, prepare_bundle
+    from ..runs.training import loaders, prepare_bundle
     from ..tasks.evaluation import evaluate_model
     from ..train import EarlyStopping, Trainer
 

@@ -23,7 +23,8 @@ from pydantic import ConfigDict
 from ..core.config import ExperimentConfig, parse_override
 from ..core.errors import ConfigError
 from ..runs.config import _read_raw, load_config
-from ..runs.run import Run, _write_json, load_run, train
+from ..runs.run import Run, load_run
+from ..runs.training import _write_json, train
 from ..runs.tools import ToolOptions, option, register_tool
 from ..tasks import TASKS
 from ..tasks.classification import Classification

@@ -122,7 +122,8 @@ def _grid_subset(samples, per_class: int = 10, unlabelled: int = 100):
 
 
 def _classifier(run, classifier, epochs: int):
-    from ..runs.run import load_run, train
+    from ..runs.run import load_run
+    from ..runs.training import train
 
     if classifier is not None:
         clf = classifier if hasattr(classifier, "predict") else load_run(classifier)
@@ -145,7 +146,7 @@ def _classifier(run, classifier, epochs: int):
 
 def _train_like(clf, data: dict[str, Any], name: str, runs_dir: Path):
     """The classifier's own config on other data: the same model, schedule and seed."""
-    from ..runs.run import train
+    from ..runs.training import train
 
     cfg = clf.config.to_dict()
     cfg["name"] = name

@@ -180,6 +180,10 @@ class Checkpoint(Callback):
                 self.best = value
         self.save(trainer, best)
 
+    def on_interrupt(self, trainer):
+        self.save(trainer)  # the state between two steps: a resume continues exactly from here
+        self.wait()
+
     def on_fit_end(self, trainer):
         self.wait()
 
@@ -196,6 +200,10 @@ class HistoryCSV(Callback):
     def __init__(self, path: Path):
         self.path = Path(path)
 
+    def on_fit_start(self, trainer):
+        if trainer.history:  # resumed: the checkpoint's history replaces a file lost or damaged since
+            self.on_epoch_end(trainer, trainer.history[-1])
+
     def on_epoch_end(self, trainer, logs):
         rows = trainer.history
         fields: list[str] = []
@@ -203,7 +211,7 @@ class HistoryCSV(Callback):
             fields += [k for k in row if k not in fields]
 
         def write(tmp):
-            with open(tmp, "w", newline="") as fh:
+            with open(tmp, "w", newline="", encoding="utf-8") as fh:
                 writer = csv.DictWriter(fh, fieldnames=fields)
                 writer.writeheader()
                 writer.writerows(rows)

@@ -16,8 +16,9 @@ import torch
 
 from ..core.callback import Callback
 from ..core.device import autocast_context, resolve_device  # noqa: F401 - re-exported by train
-from ..core.errors import TrainingDivergedError
+from ..core.errors import TrainingDivergedError, TrainingInterrupted
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .interrupt import StopSignals, signal_name
 from .optim import Schedule, make_optimizer, make_schedule
 
 __all__ = ["Trainer", "StepContext"]
@@ -125,8 +126,18 @@ class Trainer:
         has built the schedules: a schedule's constructor sets each group's learning rate (OneCycleLR
         to max_lr / div_factor, LambdaLR to base * factor(0)), so an optimizer state loaded before it
         would be overwritten and the first resumed steps would run at the wrong rate."""
+        from ..core.errors import RunError
+        from .checkpoint import CHECKPOINT_FIX, state_mismatch
+
         state = load_checkpoint(path)
-        self.model.load_state_dict(state["model"])
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as exc:  # another architecture: the checkpoint's, or config.yaml's
+            raise RunError(f"{path}: the checkpoint does not fit the model config.yaml describes "
+                           f"({state_mismatch(exc)}); one of the two files is another run's: restore the run's own, "
+                           f"or start the experiment again") from exc
+        if not self.weights_finite():  # a checkpoint is only written of finite weights: this one was damaged since
+            raise RunError(f"{path}: the checkpoint's weights are not finite (NaN or infinity); {CHECKPOINT_FIX}")
         for cb in self.callbacks:
             if type(cb).__name__ in state["callbacks"]:
                 cb.load_state_dict(state["callbacks"][type(cb).__name__])
@@ -153,7 +164,20 @@ class Trainer:
         return min(total, self.cfg.max_steps) if self.cfg.max_steps else total
 
     def fit(self, train_loader, val_loader=None) -> list[dict[str, Any]]:
-        """Train until ``epochs``, ``max_steps`` or ``max_time``, or a callback stops; returns the history."""
+        """Train until ``epochs``, ``max_steps`` or ``max_time``, or a callback stops; returns the history.
+
+        Ctrl-C or SIGTERM stops at the next optimizer step: the callbacks' ``on_interrupt`` run (the
+        checkpoint callback writes one there) and :class:`TrainingInterrupted` is raised."""
+        with StopSignals(defer=True) as stop:
+            self._fit(train_loader, val_loader, stop)
+            if stop.signum is not None:
+                self._callbacks("on_interrupt")
+                self._callbacks("on_fit_end")
+                raise TrainingInterrupted(f"interrupted ({signal_name(stop.signum)}) in epoch {self.epoch + 1} at "
+                                          f"step {self.global_step}", stop.signum)
+        return self.history
+
+    def _fit(self, train_loader, val_loader, stop: StopSignals) -> None:
         cfg, model, task = self.cfg, self.model, self.task
         self.batches_per_epoch = len(train_loader)
         total_steps = self.total_steps = self._total_steps(self.batches_per_epoch)
@@ -184,7 +208,7 @@ class Trainer:
         autocast = autocast_context(self.device, cfg.precision)
         self._callbacks("on_fit_start")
         done = cfg.max_steps is not None and self.global_step >= cfg.max_steps
-        while self.epoch < cfg.epochs and not self.should_stop and not done:
+        while self.epoch < cfg.epochs and not self.should_stop and not done and stop.signum is None:
             model.train()
             train_loader.set_epoch(self.epoch, self.batch_in_epoch)
             self._callbacks("on_epoch_start")
@@ -247,6 +271,9 @@ class Trainer:
                 if cfg.max_steps is not None and self.global_step >= cfg.max_steps and stepped:
                     done = True
                     break
+                if stop.signum is not None and stepped:  # between two optimizer steps: a resumable state
+                    self.train_seconds += time.perf_counter() - started
+                    return
                 if (cfg.max_time is not None and stepped
                         and self.train_seconds + time.perf_counter() - started >= cfg.max_time):
                     done, self.stop_reason = True, "max_time"
@@ -276,8 +303,8 @@ class Trainer:
                 sched.step_epoch(logs)
             self.history.append(logs)
             self._callbacks("on_epoch_end", logs)
-        self._callbacks("on_fit_end")
-        return self.history
+        if stop.signum is None:
+            self._callbacks("on_fit_end")
 
     def _val_keys(self) -> list[str]:
         keys = [self.task.main_metric]

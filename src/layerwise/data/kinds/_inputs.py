@@ -53,7 +53,7 @@ def read_npz_inputs(path: Path, need_labels: bool, kind: str) -> tuple[Any, np.n
 
     arrays = read_npz(path, need_y=need_labels)
     x_key, y_key = ("x_test", "y_test") if "x_test" in arrays and "x" not in arrays else ("x", "y")
-    data_kind, x = as_kind(arrays[x_key], path)
+    data_kind, x = as_kind(arrays[x_key], path, x_key)
     if data_kind != kind:
         raise DataError(f"{path}: holds {data_kind} data but the run expects {kind} inputs")
     return x, arrays.get(y_key)

@@ -100,7 +100,7 @@ def _finetuner(run, bundle, epochs: int, history: list[dict[str, Any]]) -> Calla
     """Fine-tuning through the Foundation's Trainer with the run's task, loaders and config (CPU)."""
     if epochs <= 0:
         return None
-    from ...runs.run import loaders
+    from ...runs.training import loaders
     from ...train import Trainer
 
     train_cfg = run.config.train.model_copy(update={"epochs": epochs, "early_stopping": None, "max_steps": None,
@@ -195,7 +195,9 @@ def compress_run(run, options: CompressOptions) -> CompressResult:
     ``sparsity`` in (0, 1), ``iterative`` rounds each followed by ``finetune_epochs`` epochs).
     ``qat`` fine-tunes ``finetune_epochs`` epochs (1 when 0 is given: QAT without training is static).
     """
-    from ...runs.run import Run, _new_run_dir, _write_json, load_run
+    from ...runs.run import Run, load_run
+    from ...runs.training import _write_json
+    from ...runs.rundir import create_run_dir
 
     quantize, prune, sparsity, iterative, finetune_epochs, calibration_batches, runs_dir, repeats = (
         options.quantize, options.prune, options.sparsity, options.iterative, options.finetune_epochs,
@@ -231,11 +233,10 @@ def compress_run(run, options: CompressOptions) -> CompressResult:
         info["finetune"] = history
 
     suffix = f"int8-{quantize}" if quantize else f"pruned-{prune}-{round(sparsity * 100)}"
-    path = _new_run_dir(Path(runs_dir) if runs_dir is not None else run.path.parent, f"{run.config.name}-{suffix}")
-    path.mkdir(parents=True)
+    copies = {name: (lambda tmp, name=name: shutil.copyfile(run.path / name, tmp)) for name in ("config.yaml", "data.json")}
+    path, lock = create_run_dir(Path(runs_dir) if runs_dir is not None else run.path.parent,
+                                f"{run.config.name}-{suffix}", copies)
     try:
-        for name in ("config.yaml", "data.json"):
-            shutil.copy2(run.path / name, path / name)
         model_file = path / info["model_file"]
         _save(compressed, tensors, info, path, run, example)
         _write_json(path / COMPRESSION_FILE, info)
@@ -259,6 +260,8 @@ def compress_run(run, options: CompressOptions) -> CompressResult:
     except BaseException:
         shutil.rmtree(path, ignore_errors=True)  # no half-written run
         raise
+    finally:
+        lock.release()
     return CompressResult(path, method, options, info["table"], info.get("layer_sparsity", {}))
 
 
@@ -267,7 +270,7 @@ def _save(compressed, tensors, info: dict[str, Any], path: Path, run, example: t
     from safetensors.torch import save_file
 
     from ...core.io import atomic_write
-    from ...runs.run import save_model
+    from ...runs.training import save_model
 
     fmt, model_file, family = info["format"], path / info["model_file"], run.config.model.family
     if fmt == "dynamic-int8":  # int8 values, scales and zero points as plain tensors

@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, ClassifierMixin
 
 from ...core.errors import DataError
 
@@ -100,37 +99,18 @@ def multiclass_metrics(y_true, y_pred, groups, order, classes: list[str]):
 # -- mitigation -----------------------------------------------------------------------------------------
 
 
-class _RunClassifier(ClassifierMixin, BaseEstimator):
-    """The run's model as the prefit scikit-learn classifier ThresholdOptimizer wraps:
-    ``predict_proba`` over encoded feature rows, column 1 the positive class's probability."""
-
-    def __init__(self, run=None, positive: int = 1):
-        self.run = run
-        self.positive = positive
-        self.classes_ = np.array([0, 1])
-
-    def fit(self, X, y):  # prefit: never trained here
-        return self
-
-    def __sklearn_is_fitted__(self) -> bool:
-        return True
-
-    def predict_proba(self, X) -> np.ndarray:
-        p = probabilities(self.run, torch.as_tensor(np.asarray(X, dtype=np.float32)))[:, self.positive]
-        p = p.astype(np.float64)  # fairlearn writes float64 mixtures into a series of these scores
-        return np.stack([1 - p, p], axis=1)
-
-
 def threshold_mitigation(run, constraint: str, positive: int, fit: tuple, apply: tuple, seed: int):
     """Fit ThresholdOptimizer on ``fit`` = (x, y 0/1, groups) and predict 0/1 for ``apply``'s x and groups."""
     from fairlearn.postprocessing import ThresholdOptimizer
+
+    from .estimator import RunClassifier
 
     (x_fit, y_fit, g_fit), (x_apply, g_apply) = fit, apply
     unseen = sorted(set(g_apply.tolist()) - set(g_fit.tolist()))
     if unseen:
         raise DataError(f"--mitigate: group(s) {', '.join(unseen[:5])} do not occur in the validation split, so no "
                         f"threshold can be fitted for them; use fewer --bins or a larger data.val_fraction")
-    optimizer = ThresholdOptimizer(estimator=_RunClassifier(run, positive), constraints=constraint,
+    optimizer = ThresholdOptimizer(estimator=RunClassifier(partial(probabilities, run), positive), constraints=constraint,
                                    objective="accuracy_score", prefit=True, predict_method="predict_proba")
     try:
         with warnings.catch_warnings():
