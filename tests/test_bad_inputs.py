@@ -134,7 +134,7 @@ def case_labels_out_of_range(folder, shared):
 
 def case_model_input_mismatch(folder, shared):
     cfg = {"data": {"name": "iris"}, "model": {"family": "cnn"}, "train": TRAIN}
-    return ["train", _config(folder, cfg)], ["model.family", "'cnn'", "tabular", "families that do: mlp"]
+    return ["train", _config(folder, cfg)], ["model.family", "'cnn'", "tabular", "families that do: ft_transformer, mlp"]
 
 
 def case_python_target_file_missing(folder, shared):
@@ -588,5 +588,5 @@ def test_debug_shows_the_traceback(tmp_path, run_cli, runs_dir):
     code, out, err = run_cli("train", write_yaml(tmp_path / "cfg.yaml", cfg), "--runs-dir", runs_dir, "--debug")
     assert code != 0
     assert "Traceback" in err
-    assert "ModelError" in err and "families that do: mlp" in err
+    assert "ModelError" in err and "families that do: ft_transformer, mlp" in err
     assert run_dirs(runs_dir) == []

@@ -313,6 +313,8 @@ def test_weights_of_the_other_run_name_both_files(shared, tmp_path):
         layerwise.load_run(run_dir).model  # noqa: B018
     message = str(info.value)
     assert "model.safetensors" in message and "config.yaml" in message
-    assert "body.0.weight is [16, 6] in the file, [8, 6] in the model" in message
+    # 53 inputs: the recipe's periodic embeddings, 16 per scalar feature (a, b, b=<missing>), then
+    # the 5 one-hot columns of color
+    assert "body.0.weight is [16, 53] in the file, [8, 53] in the model" in message
     assert yaml.safe_load((run_dir / "config.yaml").read_text())["model"]["hidden"] == [8, 8]
     assert isinstance(info.value.__cause__, RuntimeError)  # --debug shows what torch said

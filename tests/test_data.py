@@ -76,13 +76,16 @@ def _train_rows(n: int, y: np.ndarray, data_cfg) -> np.ndarray:
 def test_csv_encodes_text_imputes_and_standardizes_on_train_only(make_csv):
     path = make_csv("table.csv", n=120)
     frame = pd.read_csv(path)
-    cfg = load_config({"data": {"source": "csv", "path": str(path), "target": "target"}, "model": {"family": "mlp"}})
+    cfg = load_config({"data": {"source": "csv", "path": str(path), "target": "target", "scaling": "standard"},
+                       "model": {"family": "mlp"}})
     bundle = load_data(cfg.data)
     spec, pre = bundle.spec, bundle.preprocessor.inputs
 
-    # the text column is one-hot encoded, with a slot for unseen and missing levels
-    assert spec.feature_names == ["a", "b", "color=blue", "color=green", "color=red", "color=<other>"]
-    assert spec.input_shape == (6,)
+    # b's missing value gets an indicator; the text column is one-hot encoded, with a level for its
+    # missing value and a slot for unseen levels
+    assert spec.feature_names == ["a", "b", "b=<missing>", "color=blue", "color=green", "color=red",
+                                  "color=<missing>", "color=<other>"]
+    assert spec.input_shape == (8,)
     assert spec.num_classes == 2
 
     # no missing value survives preprocessing, in any split
@@ -126,9 +129,9 @@ def test_csv_median_imputation_and_no_normalization(make_csv):
 def test_csv_features_and_drop_select_columns(make_csv):
     path = make_csv("table.csv")
     spec = bundle_of({"source": "csv", "path": str(path), "target": "target", "features": ["a", "color"]}).spec
-    assert spec.feature_names == ["a", "color=blue", "color=green", "color=red", "color=<other>"]
+    assert spec.feature_names == ["a", "color=blue", "color=green", "color=red", "color=<missing>", "color=<other>"]
     spec = bundle_of({"source": "csv", "path": str(path), "target": "target", "drop": ["color"]}).spec
-    assert spec.feature_names == ["a", "b"]
+    assert spec.feature_names == ["a", "b", "b=<missing>"]
     frame = pd.read_csv(path)
     frame["grade"] = np.arange(len(frame)) % 3 + 1  # integer codes that are really categories
     frame.to_csv(path, index=False)
@@ -147,15 +150,15 @@ def test_csv_embedding_encoding_trains_an_mlp(make_csv, tmp_path):
     path = make_csv("table.csv")
     data = {"source": "csv", "path": str(path), "target": "target", "categorical_encoding": "embedding"}
     bundle = bundle_of(data)
-    assert bundle.spec.feature_names == ["a", "b", "color"]
-    assert bundle.spec.categorical == [(2, 4)]  # column 2, three colours + the unknown level
-    codes = bundle.train.x[:, 2]
+    assert bundle.spec.feature_names == ["a", "b", "b=<missing>", "color"]
+    assert bundle.spec.categorical == [(3, 5)]  # column 3, three colours + <missing> + the unknown level
+    codes = bundle.train.x[:, 3]
     assert set(codes.tolist()) <= {0.0, 1.0, 2.0, 3.0}
 
     run = layerwise.train({"data": data, "model": tiny_mlp(), "train": quick_train(epochs=2)}, runs_dir=tmp_path,
                           quiet=True)
     embeddings = [m for m in run.model.modules() if isinstance(m, torch.nn.Embedding)]
-    assert len(embeddings) == 1 and embeddings[0].num_embeddings == 4
+    assert len(embeddings) == 1 and embeddings[0].num_embeddings == 5
     preds = run.predict(path)
     assert preds["proba"].shape == (80, 2)
 

@@ -290,7 +290,7 @@ def test_attention_figure_for_a_vit_run(tmp_path):
 def test_attention_on_an_lstm_run_is_a_one_line_error(text_runs, tmp_path):
     run = text_runs["lstm"]
     x, y, targets = _batch(run)
-    message = "attention needs a transformer-family model (transformer, vit); this run's family is lstm"
+    message = "attention needs a transformer-family model (ft_transformer, transformer, vit); this run's family is lstm"
     with pytest.raises(ConfigError, match=re.escape(message)) as info:
         explain_sequences(run, x, y, targets, ["integrated_gradients", "attention_rollout"], tmp_path)
     assert "\n" not in str(info.value)

@@ -21,6 +21,14 @@ SPECS = {
     "tabular": DataSpec(kind="tabular", input_shape=(5,), target="class", num_classes=4),
     "tabular_embedded": DataSpec(kind="tabular", input_shape=(4,), target="numeric", num_targets=1,
                                  categorical=[(3, 6)]),
+    # a row as the tabular preprocessing lays it out: scalars (one with quantile bins that repeat, one
+    # with none recorded), a one-hot group, and two embedding indices
+    "tabular_layout": DataSpec(kind="tabular", input_shape=(9,), target="class", num_classes=3,
+                               numeric=[0, 1, 2, 8], onehot=[(3, 3)], categorical=[(6, 5), (7, 2)],
+                               bins=[[-1.0, -0.2, 0.4, 1.5], [-2.0, 0.0, 0.0, 2.0], [], [0.0, 1.0]]),
+    "tabular_layout_regression": DataSpec(kind="tabular", input_shape=(6,), target="numeric", num_targets=2,
+                                          numeric=[0, 5], onehot=[(1, 2), (3, 2)],
+                                          bins=[[-1.0, 0.0, 1.0], [-3.0, -1.0, 1.0, 3.0]]),
     "sequence": DataSpec(kind="sequence", input_shape=(12, 3), target="class", num_classes=3),
     "tokens": DataSpec(kind="tokens", input_shape=(10,), target="numeric", num_targets=1, vocab_size=17),
     # (T, C, H, W) normalized frames: randn inputs like images
@@ -34,6 +42,8 @@ def _inputs(spec: DataSpec, batch: int = 4) -> torch.Tensor:
     x = torch.randn(batch, *spec.input_shape, generator=torch.Generator().manual_seed(0))
     for position, cardinality in spec.categorical:
         x[:, position] = torch.arange(batch) % cardinality  # integer codes in embedding columns
+    for start, width in spec.onehot:  # one level set per one-hot group
+        x[:, start:start + width] = torch.eye(width)[torch.arange(batch) % width]
     return x
 
 
@@ -53,10 +63,16 @@ def _cases() -> list[tuple[str, str]]:
 CASES = _cases()
 
 
+# the families whose defaults are too large for dozens of contract cases in seconds: tiny settings here,
+# their defaults built once each in test_large_defaults_build_and_run
+TINY = {"resmlp": {"width": 8, "blocks": 1}, "ft_transformer": {"d_token": 8, "blocks": 1, "heads": 2},
+        "tabm": {"k": 2, "width": 8, "blocks": 1, "embedding_dim": 4}}
+
+
 def _build(family: str, spec_name: str) -> tuple[LayerwiseModel, DataSpec]:
     torch.manual_seed(0)
     spec = SPECS[spec_name]
-    config = FAMILIES.get(family).Config()  # each family's defaults must be buildable
+    config = FAMILIES.get(family).Config(**TINY.get(family, {}))  # each family's defaults must be buildable
     return build_model(config, spec), spec
 
 
@@ -68,13 +84,23 @@ def test_every_family_is_covered():
     assert {"cnn", "mlp", "resnet", "python"} <= set(FAMILIES.names())
 
 
+@pytest.mark.parametrize("family", sorted(TINY))
+def test_large_defaults_build_and_run(family):
+    spec = SPECS["tabular_layout"]
+    model = build_model(FAMILIES.get(family).Config(), spec).eval()
+    with torch.no_grad():
+        assert model(_inputs(spec)).shape == (4, spec.num_outputs)
+
+
 @pytest.mark.parametrize("family, spec_name", CASES)
 def test_forward_shape_finite_and_backward(family, spec_name):
     model, spec = _build(family, spec_name)
     model.train()
     x = _inputs(spec)
     out = model(x)
-    assert out.shape == (4, spec.num_outputs)
+    # the ensemble contract: k > 1 members give (B, k, outputs) in training mode, (B, outputs) in eval
+    expected = (4, model.members, spec.num_outputs) if model.members > 1 else (4, spec.num_outputs)
+    assert out.shape == expected
     assert torch.isfinite(out).all()
     out.square().mean().backward()
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -149,7 +175,7 @@ def test_reset_head(family, spec_name):
 
 
 def test_family_refuses_other_input_kinds():
-    with pytest.raises(ModelError, match="'resnet' does not accept tabular inputs; families that do: mlp"):
+    with pytest.raises(ModelError, match="'resnet' does not accept tabular inputs; families that do: ft_transformer, mlp, resmlp, tabm"):
         build_model(FAMILIES.get("resnet").Config(), SPECS["tabular"])
 
 

@@ -118,7 +118,10 @@ def runs(tmp_path_factory) -> dict[str, Path]:
                              "model": {"family": "cnn", "channels": [8], "dropout": 0.0},
                              "train": quick_train(epochs=4, lr=0.01)}, runs_dir=root / "runs", quiet=True)
     csv = write_csv(root, n=120)
-    table = layerwise.train({"name": "mlp", "data": {"source": "csv", "path": str(csv), "target": "target"},
+    # standardised inputs (not the default robust scaling, which clips): a huge value can still make the
+    # model's output non-finite, a path the server must answer with 422
+    table = layerwise.train({"name": "mlp", "data": {"source": "csv", "path": str(csv), "target": "target",
+                                                     "scaling": "standard"},
                              "model": tiny_mlp(), "train": quick_train(epochs=15, lr=0.01)},
                             runs_dir=root / "runs", quiet=True)
     return {"image": image.path, "tabular": table.path, "root": root}
@@ -379,6 +382,7 @@ def test_health_answers_quickly_while_large_images_decode(cnn_server):
             answers.append(client.post("/predict/image", files=files).status_code)
 
     threads = [threading.Thread(target=upload) for _ in range(2)]
+    uploading = time.perf_counter()
     for t in threads:
         t.start()
     latencies = []
@@ -390,10 +394,12 @@ def test_health_answers_quickly_while_large_images_decode(cnn_server):
             time.sleep(0.05)
     for t in threads:
         t.join()
+    uploads_s = time.perf_counter() - uploading
     assert answers == [200, 200]
-    # decoded on the event loop, /health waited for a whole request's decoding (seconds here); the
-    # bound leaves room for a busy 2-core test machine (benchmarks/serve_load.py --hostile: under 100 ms)
-    assert max(latencies) < 0.5, sorted(latencies)[-5:]
+    # decoded on the event loop, /health waited for a whole request's decoding: about half the time
+    # the two uploads took. The bound leaves room for a busy 2-core test machine, and grows with the
+    # uploads when other processes slow everything down (benchmarks/serve_load.py --hostile: under 100 ms)
+    assert max(latencies) < max(0.5, uploads_s / 4), (sorted(latencies)[-5:], uploads_s)
     assert len(latencies) > 5, latencies  # the decoding lasted a while: /health was asked throughout
 
 
@@ -472,7 +478,7 @@ def test_non_finite_and_overflowing_numbers_get_422_naming_the_field(mlp_server)
              "1e308": "inputs[1].a: 1e+308 is too large",
              "9" * 400: "inputs[1].a: an integer of about 400 digits is too large",
              # float32 holds it, but the model does not: no answer rather than null probabilities
-             "3e38": "inputs[1]: the model's output is not finite for this row"}
+             "3.2e38": "inputs[1]: the model's output is not finite for this row"}
     for value, fragment in cases.items():
         body = ('{"inputs": [{"a": 0.5, "b": 4.0, "color": "red"}, {"a": %s, "b": 4.0, "color": "red"}]}' % value)
         response = mlp_server.client.post("/predict", content=body, headers={"content-type": "application/json"})
@@ -533,8 +539,12 @@ def test_a_full_queue_gets_503_with_retry_after_and_a_request_held_too_long_time
     assert response.status_code == 503 and response.headers["retry-after"] == "1", response.text
     assert "timeout_s" in response.json()["detail"]
     assert 0.9 < time.perf_counter() - started < 5  # --timeout-s 1, not the 1.5 s the batch waited
-    time.sleep(1)  # the batch it sat in is formed and dropped: no forward for a caller who has gone
+    # the batch it sat in is formed (1.5 s after it arrived) and dropped: no forward for a caller who has gone
+    deadline = time.time() + 15
     health = guarded_server.client.get("/health").json()
+    while health["dropped"] < 1 and time.time() < deadline:
+        time.sleep(0.1)
+        health = guarded_server.client.get("/health").json()
     assert health["pending"] == 0 and health["dropped"] >= 1, health
     metrics = guarded_server.client.get("/metrics").text
     assert 'layerwise_requests_total{endpoint="/predict",method="POST",status="503"} 2.0' in metrics

@@ -60,8 +60,13 @@ def train(config, overrides, resume, runs_dir, quiet, trust_run) -> None:
         raise click.UsageError("give either CONFIG or --resume RUN, not both (a resumed run keeps its config)")
     with trusting_runs(trust_run):  # --resume RUN, a synthetic source's generator run
         run = runs.train(config, resume=resume, runs_dir=runs_dir, quiet=quiet, overrides=overrides)
+    from ..runs.baselines import baseline_line
+
     metrics = run.metrics
     metrics_table(f"{run.config.name}: {metrics['split']} metrics", metrics["metrics"])
+    line = baseline_line(metrics, run.task.main_metric)  # tabular runs: the network beside sklearn's models
+    if line:
+        click.echo(line)
     click.echo(f"run:    {run.path}")
     click.echo(f"report: {run.path / 'report.html'}")
 
@@ -175,7 +180,10 @@ def models_show(config, overrides) -> None:
 @click.argument("config", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @set_option
 @click.option("--reference", is_flag=True, help="print the configuration reference (Markdown) instead")
-def config(config, overrides, reference) -> None:
+@click.option("--data", "with_data", is_flag=True,
+              help="also read the data: print what the recipe picks from it (a table's model and training) and "
+                   "the task it implies, as the run will record them")
+def config(config, overrides, reference, with_data) -> None:
     """Validate CONFIG and print it fully resolved (every default filled in)."""
     from ..runs.config import load_config
 
@@ -184,7 +192,12 @@ def config(config, overrides, reference) -> None:
 
         click.echo(config_reference(), nl=False)
         return
-    click.echo(load_config(config, list(overrides)).to_yaml(), nl=False)
+    cfg = load_config(config, list(overrides))
+    if with_data:
+        from ..runs.training import prepare
+
+        cfg = prepare(cfg).config
+    click.echo(cfg.to_yaml(), nl=False)
 
 
 @cli.command("tools", context_settings=CONTEXT)

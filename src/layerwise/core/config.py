@@ -197,6 +197,10 @@ class EvaluateConfig(Section):
         200, ge=10, description="score bins for streaming ROC-AUC (constant memory; exact as bins grow)"
     )
     misclassified: int = Field(32, ge=0, description="misclassified examples shown in the report")
+    baselines: bool = Field(
+        True, description="tabular classification and regression runs: also fit logistic or ridge regression and "
+                          "HistGradientBoosting on the same training split and score them like the network "
+                          "(metrics.json and the report); false skips them")
 
 
 class ExperimentConfig(Section):
@@ -218,6 +222,9 @@ class ExperimentConfig(Section):
     # the file system's 255 bytes
     name: str = Field("experiment", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=200,
                       description="run name prefix")
+    recipe: Literal["fast", "default", "best"] = Field(
+        "default", description="tabular data: how the fields left unset are chosen from the table's size and task "
+        "(fast: a small model, few epochs; default; best: an ensemble, longer training); see docs/tabular.md")
     data: SerializeAsAny[DataConfig] = Field(default_factory=DataConfig)
     model: SerializeAsAny[ModelConfig] = Field(default_factory=ModelConfig)
     task: str | None = Field(None, description="the task's name; implied by the data and the model family when "

@@ -9,7 +9,7 @@ import torch
 
 from ..core.errors import ConfigError, DataError
 from .kinds import input_kind
-from .preprocess import Preprocessing, TargetScaler, _key, numeric_target
+from .preprocess import Preprocessing, TargetTransform, _key, numeric_target
 from .spec import DataBundle, DataSpec, RawData, Split
 
 __all__ = ["Preprocessing", "build_bundle", "infer_target", "split_indices", "split_rows"]
@@ -117,7 +117,9 @@ def build_bundle(raw: RawData, cfg: Any, task: str | None) -> DataBundle:
         if len(classes) < 2:
             raise DataError(f"{origin}: the training split holds a single class ({classes[0]}); classification needs at least two")
     else:
-        scaler = TargetScaler.fit(y[train_idx])
+        # standardised (after log1p for a skewed, non-negative target: data.target_transform of tables)
+        scaler = TargetTransform.fit(y[train_idx], getattr(cfg, "target_transform", "standard"), origin,
+                                     raw.target_names)
 
     x_all = raw.x
     try:  # the kind fits the preprocessing (tables, pixels, tokenizers: layerwise.data.kinds)

@@ -36,6 +36,15 @@ class DataSpec:
     feature_names: list[str] | None = None
     # tabular inputs encoded as embedding indices: (column position, cardinality) per column
     categorical: list[tuple[int, int]] = field(default_factory=list)
+    # tabular inputs, how the (F,) vector is laid out (empty for other kinds, and in runs saved before
+    # they were recorded): ``onehot`` the (start, width) of each one-hot encoded column; ``numeric`` the
+    # positions of the scalar features (scaled numeric columns, date parts, missing indicators,
+    # frequency codes: every position that is neither one-hot nor an embedding index); ``bins`` for
+    # each entry of ``numeric``, the increasing bin edges of its training values (quantiles, in the
+    # scaled units the model sees) that piecewise-linear numeric embeddings use
+    onehot: list[tuple[int, int]] = field(default_factory=list)
+    numeric: list[int] = field(default_factory=list)
+    bins: list[list[float]] = field(default_factory=list)
     vocab_size: int | None = None  # "tokens" inputs: ids lie in [0, vocab_size)
 
     def example_input(self, batch: int = 2) -> torch.Tensor:
@@ -52,6 +61,7 @@ class DataSpec:
         data = asdict(self)
         data["input_shape"] = list(self.input_shape)
         data["categorical"] = [list(c) for c in self.categorical]
+        data["onehot"] = [list(c) for c in self.onehot]
         return data
 
     @classmethod
@@ -59,6 +69,7 @@ class DataSpec:
         data = dict(data)
         data["input_shape"] = tuple(data["input_shape"])
         data["categorical"] = [tuple(c) for c in data.get("categorical", [])]
+        data["onehot"] = [tuple(c) for c in data.get("onehot", [])]
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 

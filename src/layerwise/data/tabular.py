@@ -11,6 +11,7 @@ from ..core.config import DataConfig
 from ..core.errors import DataError
 from ..core.registry import did_you_mean
 from . import DataSource, register_source, where
+from .preprocess.tabular import EMBEDDING_MAX_LEVELS, ONEHOT_MAX_LEVELS, ROWS_PER_LEVEL
 from .spec import RawData
 
 COMPRESSED_SUFFIXES = {".gz", ".bz2", ".zip", ".xz", ".zst", ".tar"}  # pandas decompresses these itself
@@ -22,16 +23,43 @@ class TableConfig(DataConfig):
     features: list[str] | None = Field(None, description="feature columns to use (default: all but the target)")
     drop: list[str] = Field(default_factory=list, description="columns to ignore, e.g. ids")
     categorical_columns: list[str] | None = Field(None, description="force these columns to be categorical")
-    categorical_encoding: Literal["auto", "onehot", "embedding"] = Field(
-        "auto", description="auto: one-hot up to 50 levels, an embedding layer beyond (identifiers are refused); "
-                            "onehot or embedding: every categorical column"
+    categorical_encoding: Literal["auto", "onehot", "embedding", "frequency"] = Field(
+        "auto", description="auto: one-hot up to onehot_max_levels levels, an embedding up to embedding_max_levels, "
+                            "a frequency code beyond (identifiers are refused); onehot, embedding or frequency: every "
+                            "categorical column"
+    )
+    onehot_max_levels: int = Field(ONEHOT_MAX_LEVELS, ge=1, description="categorical_encoding auto: one-hot encode "
+                                   "a column of up to this many levels")
+    embedding_max_levels: int = Field(EMBEDDING_MAX_LEVELS, ge=1, description="categorical_encoding auto: embed a "
+                                      f"column of up to this many levels (with at least {ROWS_PER_LEVEL} training rows "
+                                      f"per level), frequency-encode beyond")
+    scaling: Literal["auto", "standard", "robust", "quantile", "none"] = Field(
+        "auto", description="numeric columns: robust (median and IQR, outliers smoothly clipped into ±3, as RealMLP), "
+                            "quantile (to a normal distribution), standard (mean and std) or none; auto: robust, and "
+                            "standard for a column of two values"
+    )
+    missing_indicators: Literal["auto"] | bool = Field(
+        "auto", description="a 0/1 column '<col>=<missing>' next to each numeric or date column; auto: for the "
+                            "columns with missing values in the training split"
     )
     impute: Literal["mean", "median"] = Field("mean", description="fill for missing numeric values")
+    date_columns: list[str] = Field(default_factory=list, description="text columns to read as dates (text "
+                                    "columns whose values are 90% dates are found without it); each becomes year, "
+                                    "month, day, day of week, day of year (and hour, minute) features")
+    target_transform: Literal["auto", "standard", "log", "none"] = Field(
+        "auto", description="regression targets: log (log1p, then standardised; targets must be >= 0), standard, "
+                            "or none; auto: log for a non-negative target of skewness above 2, else standard. "
+                            "Predictions and metrics are in the target's units"
+    )
 
     @model_validator(mode="after")
     def _some_target(self) -> TableConfig:
         if not self.target:
             raise ValueError(f"data.target: name the target column (or a list of columns); received {self.target!r}")
+        both = sorted(set(self.date_columns) & set(self.categorical_columns or []))
+        if both:
+            raise ValueError(f"data.date_columns: column '{both[0]}' is also in data.categorical_columns; list it in "
+                             f"one of them")
         return self
 
 
@@ -93,7 +121,8 @@ def select_columns(frame, cfg: TableConfig, origin: str):
     targets = [cfg.target] if isinstance(cfg.target, str) else list(cfg.target)
     columns = list(frame.columns)
     for key, names in (("data.target", targets), ("data.features", cfg.features or []), ("data.drop", cfg.drop),
-                       ("data.categorical_columns", cfg.categorical_columns or [])):
+                       ("data.categorical_columns", cfg.categorical_columns or []),
+                       ("data.date_columns", cfg.date_columns)):
         for name in names:
             if name not in columns:
                 raise DataError(f"{key}: column '{name}' not found in {origin}{did_you_mean(name, columns)}; "

@@ -4,10 +4,20 @@ A family is one file with one class decorated by ``@register_family("name")``. T
 the input kinds it accepts and a pydantic ``Config`` of its hyperparameters; its constructor takes
 ``(config, spec)``. Every family splits ``forward`` into ``forward_features`` and ``forward_head``,
 so explanation, compression, export and fine-tuning work on any model without per-family branches.
+
+Ensembles (TabM's k members sharing weights): a family whose model is k members sets ``members = k``
+and, **in training mode only**, returns (B, k, outputs), one row of outputs per member.
+``Task.training_step`` trains each member on its own loss: the loss of the flattened (B * k) outputs
+against the labels repeated k times, with the count divided by k so the logged loss stays a mean per
+sample; its training metrics read the combined prediction. In eval mode (evaluate, predict, export,
+serve, explain, attacks: every inference path) the model returns (B, outputs), the members combined
+by :func:`combine_members`: for class targets the log of the mean member probability (so softmax
+and argmax downstream are right), for numeric targets the mean.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import torch
@@ -18,7 +28,8 @@ from ..core.errors import ModelError
 from ..core.registry import Registry, import_submodules
 from ..data.spec import DataSpec
 
-__all__ = ["FAMILIES", "LayerwiseModel", "register_family", "build_model", "wrap_module", "describe_family"]
+__all__ = ["FAMILIES", "LayerwiseModel", "register_family", "build_model", "wrap_module", "describe_family",
+           "combine_members"]
 
 FAMILIES: Registry[type["LayerwiseModel"]] = Registry("model family", key="model.family")
 
@@ -33,6 +44,7 @@ class LayerwiseModel(nn.Module):
     family: ClassVar[str] = ""
     accepts: ClassVar[frozenset[str]] = frozenset()
     Config: ClassVar[type[ModelConfig]] = ModelConfig
+    members: int = 1  # k > 1: an ensemble, whose training-mode forward returns (B, k, outputs) (see above)
 
     def __init__(self, config: ModelConfig, spec: DataSpec):
         super().__init__()
@@ -64,6 +76,20 @@ class LayerwiseModel(nn.Module):
         Loading a run directory refuses to build a model that names such code unless the user
         trusts the run (``layerwise.runs.trust``); the ``python`` family is the one that does."""
         return None
+
+
+def combine_members(outputs: torch.Tensor, target: str) -> torch.Tensor:
+    """(B, k, outputs) of k ensemble members -> (B, outputs): the log of the mean member probability
+    for ``class`` (and ``token``) targets, the mean for ``numeric`` ones.
+
+    >>> logits = torch.tensor([[[0.0, 0.0], [2.0, 0.0]]])     # one sample, two members
+    >>> combine_members(logits, "class").softmax(-1)          # the mean of [0.5, 0.5] and [0.88, 0.12]
+    tensor([[0.6904, 0.3096]])
+    """
+    if target == "numeric":
+        return outputs.mean(dim=1)
+    log_proba = torch.log_softmax(outputs.float(), dim=-1)  # (B, k, C)
+    return (torch.logsumexp(log_proba, dim=1) - math.log(outputs.shape[1])).to(outputs.dtype)
 
 
 def register_family(name: str):
@@ -149,4 +175,4 @@ def describe_family(name: str) -> dict[str, Any]:
     return {"family": name, "accepts": sorted(cls.accepts), "summary": doc[0] if doc else "", "params": params}
 
 
-import_submodules(__name__, skip=("layers", "summary"))  # each family file registers itself
+import_submodules(__name__, skip=("layers", "numeric_embeddings", "summary"))  # each family file registers itself

@@ -13,7 +13,8 @@ ability                   methods                                               
 :class:`Stepper`          ``init_state(b)``, ``step(x_t, state)``,               recurrent, mingru,
                           ``forward_sequence(x)``                                minlstm, rwkv,
                                                                                   causal transformer
-:class:`AttentionMaps`    ``attention_maps(x) -> [(B, heads, T, T)]``            transformer, vit
+:class:`AttentionMaps`    ``attention_maps(x) -> [(B, heads, T, T)]``            transformer, vit,
+                                                                                  ft_transformer
 ========================  =====================================================  ======================
 
 The contract tests (tests/test_abilities.py) run over every registered family that has the

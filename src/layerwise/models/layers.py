@@ -11,6 +11,7 @@ from torch import nn
 from ..core.errors import ModelError
 from ..data.kinds import input_kind
 from ..data.spec import DataSpec
+from .numeric_embeddings import categorical_width
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid, "silu": nn.SiLU}
 
@@ -20,7 +21,9 @@ def activation(name: str) -> nn.Module:
 
 
 class TabularInput(nn.Module):
-    """Flattens inputs, and embeds integer-coded categorical columns (``spec.categorical``)."""
+    """Flattens inputs, and embeds integer-coded categorical columns (``spec.categorical``); every
+    other position passes as it is (the mlp family without numeric embeddings; see
+    :mod:`.numeric_embeddings` for the layout-aware :class:`~.numeric_embeddings.TabularFeatures`)."""
 
     def __init__(self, spec: DataSpec):
         super().__init__()
@@ -30,8 +33,7 @@ class TabularInput(nn.Module):
             width *= s
         self.embeddings = nn.ModuleList()
         for _, cardinality in spec.categorical:
-            # rule of thumb from fast.ai: min(50, (cardinality + 1) // 2) dimensions
-            self.embeddings.append(nn.Embedding(cardinality, min(50, (cardinality + 1) // 2)))
+            self.embeddings.append(nn.Embedding(cardinality, categorical_width(cardinality)))
         self.out_features = width - len(self.slots) + sum(e.embedding_dim for e in self.embeddings)
         keep = [i for i in range(width) if i not in set(self.slots)]
         self.register_buffer("keep", torch.tensor(keep, dtype=torch.long), persistent=False)

@@ -1,4 +1,8 @@
-"""Feed-forward network (multi-layer perceptron; Rumelhart, Hinton & Williams 1986)."""
+"""Feed-forward network (multi-layer perceptron; Rumelhart, Hinton & Williams 1986).
+
+On tables, ``numeric_embedding: periodic | piecewise`` embeds each numeric feature first (Gorishniy
+et al. 2022, :mod:`.numeric_embeddings`); the default, ``none``, feeds the scalars as they are.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +12,12 @@ import torch
 from pydantic import Field, PositiveInt
 from torch import nn
 
-from ..core.config import ModelConfig
 from . import LayerwiseModel, register_family
 from .layers import TabularInput, activation
+from .numeric_embeddings import FlatEmbeddingConfig, TabularFeatures
 
 
-class MLPConfig(ModelConfig):
+class MLPConfig(FlatEmbeddingConfig):
     family: Literal["mlp"] = "mlp"
     hidden: list[PositiveInt] = Field([128, 64], description="width of each hidden layer")
     activation: Literal["relu", "gelu", "tanh", "sigmoid", "silu"] = Field("relu", description="non-linearity")
@@ -30,7 +34,9 @@ class MLP(LayerwiseModel):
 
     def __init__(self, config: MLPConfig, spec):
         super().__init__(config, spec)
-        self.inputs = TabularInput(spec)
+        # the scalars as they are (and the state_dict keys of runs saved before embeddings existed), or embedded
+        self.inputs = (TabularInput(spec) if config.numeric_embedding == "none"
+                       else TabularFeatures(spec, config.numeric_embedding, config))
         layers: list[nn.Module] = []
         width = self.inputs.out_features
         for size in config.hidden:

@@ -195,10 +195,15 @@ def load_dynamic(model: nn.Module, tensors: dict[str, torch.Tensor], family: str
 def check_static(model: LayerwiseModel, mode: str) -> None:
     """Refuse models whose state is carried across time steps: one calibrated activation range per
     tensor does not describe a recurrent or scanned state, and the x86 quantizer annotates only
-    convolutions and linear layers of a feed-forward graph."""
+    convolutions and linear layers of a feed-forward graph. QAT also refuses ensembles, whose
+    training-mode outputs (one per member) differ in shape from their predictions."""
     if has_ability(model, Stepper):
         raise RunError(f"--quantize {mode}: the {model.config.family} family is a sequence model and static int8 "
                        f"(PT2E, x86) covers feed-forward conv/linear graphs only; use --quantize dynamic")
+    if mode == "qat" and getattr(model, "members", 1) > 1:  # the ensemble contract of layerwise.models
+        raise RunError(f"--quantize qat: the {model.config.family} model is an ensemble of {model.members} members "
+                       f"whose training forward returns every member's outputs, a form the graph captured for QAT "
+                       f"would keep after conversion; use --quantize static or dynamic")
 
 
 def _batch_dim():

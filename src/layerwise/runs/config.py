@@ -125,7 +125,7 @@ def load_config(
     options = _task_options(known_task, task_raw, origins) if task_name or task_raw else None
     train = validate_section(TrainConfig, raw.get("train"), "train")
     evaluate = validate_section(EvaluateConfig, raw.get("evaluate"), "evaluate")
-    rest = {k: raw[k] for k in ("name",) if k in raw}
+    rest = {k: raw[k] for k in ("name", "recipe") if k in raw}
     try:
         config = ExperimentConfig(data=data, model=model, task=task_name, task_options=options, train=train,
                                   evaluate=evaluate, **rest)

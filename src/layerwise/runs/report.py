@@ -15,6 +15,7 @@ from typing import Any
 from ..core.io import atomic_write
 from ..core.sections import REPORT_SECTIONS, figure_html, html_table, pyplot
 from ..data.kinds import input_kind
+from . import baselines as _baselines  # noqa: F401  (registers the report's Baselines section)
 
 __all__ = ["write_report"]
 

@@ -35,6 +35,7 @@ from ..train.energy import EnergyCallback
 from ..train.interrupt import StopSignals
 from ..train.strategies import STRATEGIES
 from .config import load_config, resolve_task_options
+from .recipes import applies, apply_recipe, describe_recipe, with_family
 from .resume import RecordResume, resume_changes
 from .run import Run
 from .rundir import RunLock, create_run_dir
@@ -58,6 +59,7 @@ def prepare(config: ExperimentConfig, model: torch.nn.Module | None = None) -> P
 
 def prepare_bundle(config: ExperimentConfig, bundle: DataBundle, model: torch.nn.Module | None = None) -> Prepared:
     """Pick the task and build the model for data already loaded (cross-validation folds too)."""
+    config = with_family(config, bundle.spec)  # a table without a model section: the recipe's family
     family_cls = FAMILIES.get(config.model.family)
     task_name = config.task or infer_task(bundle.spec, family_cls, SOURCES.get(config.data.source))
     task_cls = TASKS.get(task_name)
@@ -65,6 +67,7 @@ def prepare_bundle(config: ExperimentConfig, bundle: DataBundle, model: torch.nn
         raise ConfigError(f"task: '{task_name}' needs a {task_cls.target} target, but {config.data.source} data "
                           f"gives a {bundle.spec.target} target; change task or the data")
     options = resolve_task_options(config, task_cls, bundle.spec)
+    config = apply_recipe(config, bundle.spec, len(bundle.train), task_name)  # tabular: sized by the table
     config = config.model_copy(update={"task": task_name, "task_options": options,
                                        "model": with_defaults(config.model, task_cls.model_defaults, "model")})
     task = task_cls(bundle.spec, config.train, bundle.preprocessor, bundle.train.y, config=options)
@@ -235,6 +238,8 @@ def train(config: str | Path | Mapping[str, Any] | ExperimentConfig | None = Non
                       f"({len(bundle.train)} train / {len(bundle.val) if bundle.val else 0} val / "
                       f"{len(bundle.test) if bundle.test else 0} test), task {cfg.task}, device {device}", highlight=False)
         console.print(f"run directory: {run_dir}", highlight=False)
+        if resume is None and applies(cfg, bundle.spec, cfg.task):
+            console.print(describe_recipe(cfg, len(bundle.train)), highlight=False)
         try:
             return _fit_and_finish(run_dir, cfg, bundle, task, net, trainer, strategy, train_loader, val_loader,
                                    device, energy)
@@ -268,6 +273,11 @@ def _fit_and_finish(run_dir, cfg, bundle, task, net, trainer, strategy, train_lo
     adversarial = getattr(cfg.task_options, "adversarial_training", None)
     if adversarial is not None and adversarial.eval_samples:
         metrics["robustness"] = task.robustness(net, bundle.split(split), split, device)  # clean vs robust accuracy
+    from .baselines import fit_baselines
+
+    baselines = fit_baselines(run, bundle, split)  # tabular runs: linear model and boosted trees, scored alike
+    if baselines is not None:
+        metrics["baselines"] = baselines
     _write_json(run_dir / "metrics.json", metrics)
     run.report()
     return run

@@ -26,7 +26,7 @@ from ..core.registry import Registry, import_submodules
 if TYPE_CHECKING:
     from ..train.trainer import StepContext
 
-__all__ = ["TASKS", "Task", "StepOutput", "register_task", "infer_task", "metric_mode"]
+__all__ = ["TASKS", "Task", "StepOutput", "register_task", "infer_task", "metric_mode", "ensemble_loss"]
 
 TASKS: Registry[type["Task"]] = Registry("task", key="task")
 
@@ -88,9 +88,14 @@ class Task:
         raise NotImplementedError
 
     def training_step(self, model: torch.nn.Module, batch: tuple, ctx: "StepContext") -> StepOutput:
+        """Forward, loss and training sums. An ensemble's (B, k, outputs) trains every member on its
+        own loss (:func:`ensemble_loss`); its metrics read the members combined."""
         x, y = batch
         outputs = model(x)
-        loss, count = self.loss(outputs, y)
+        if outputs.dim() == 3:  # k ensemble members (the contract of layerwise.models)
+            loss, count, outputs = ensemble_loss(self.loss, outputs, y, self.spec.target)
+        else:
+            loss, count = self.loss(outputs, y)
         return StepOutput(loss, count, outputs, self.batch_sums(outputs, y))
 
     def evaluation_step(self, model: torch.nn.Module, batch: tuple) -> StepOutput:
@@ -123,6 +128,18 @@ class Task:
         """Metrics too costly for every validation pass, added to a finished model's evaluation."""
         return {}
 
+
+
+def ensemble_loss(loss_fn, outputs: torch.Tensor, y: torch.Tensor, target: str):
+    """The loss of k ensemble members' training outputs (B, k, O): ``loss_fn`` over the flattened
+    (B * k, O) outputs against ``y`` repeated k times, so each member learns from its own loss and
+    the loss is their mean. Returns (loss, count, combined): the count divided by k, so an epoch's
+    logged loss stays a mean per sample, and the members' combined (B, O) prediction for metrics."""
+    from ..models import combine_members
+
+    k = outputs.shape[1]
+    loss, count = loss_fn(outputs.flatten(0, 1), y.repeat_interleave(k, dim=0))
+    return loss, count / k, combine_members(outputs.detach(), target)
 
 
 def metric_mode(name: str) -> str:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from ..core.callback import Callback
 from ..core.errors import ConfigError, RunError
 from ..core.sections import html_table, register_section
-from . import StepOutput, register_task
+from . import StepOutput, ensemble_loss, register_task
 from .classification import Classification, ClassifierOptions
 
 __all__ = ["Distillation", "DistillationConfig", "TeacherCallback", "count_errors", "distillation_loss"]
@@ -82,6 +82,16 @@ class Distillation(Classification):
         if self.alpha > 0:  # alpha = 0 is plain cross-entropy: the teacher's forward would be wasted
             with torch.no_grad():
                 teacher_logits = self.teacher(x)
+        if outputs.dim() == 3:  # a student ensemble (B, k, C): every member learns from the teacher and the labels
+            k = outputs.shape[1]
+            teacher = None if teacher_logits is None else teacher_logits.repeat_interleave(k, dim=0)
+
+            def member_loss(student: torch.Tensor, labels: torch.Tensor):
+                return distillation_loss(student, teacher, labels, self.temperature, self.alpha,
+                                         self.label_smoothing), labels.shape[0]
+
+            loss, count, outputs = ensemble_loss(member_loss, outputs, y, "class")
+            return StepOutput(loss, count, outputs, self.batch_sums(outputs, y))
         loss = distillation_loss(outputs, teacher_logits, y, self.temperature, self.alpha, self.label_smoothing)
         return StepOutput(loss, y.shape[0], outputs, self.batch_sums(outputs, y))
 

@@ -78,25 +78,11 @@ class Samples:
         if not input_kind(self.kind).columns:
             raise RunError("to_frame: only tabular samples become a table; write images with write_samples")
         pre, enc = self.preprocessor, self.stored
-        columns: dict[str, Any] = {}
-        for i, col in enumerate(pre.numeric):
-            values = enc[:, i].astype(np.float64) * pre.std_[col] + pre.mean_[col]  # undo standardising
-            if col in getattr(pre, "integer_", {}):  # a column of whole numbers: integers in its training range
-                low, high = pre.integer_[col]
-                values = np.clip(np.rint(values), low, high).astype(np.int64)
-            columns[col] = values
-        pos = len(pre.numeric)
-        for col in pre.categorical:
-            levels = pre.levels_[col]
-            if pre.encoding_of(col) == "onehot":
-                # the block has one slot per level plus "<other>"; the training set never fills
-                # <other>, so the most likely *known* level is the sample's category
-                codes = enc[:, pos:pos + len(levels)].argmax(1)
-                pos += len(levels) + 1
-            else:  # embedding codes generated as numbers: the nearest known code
-                codes = np.clip(np.rint(enc[:, pos]), 0, len(levels) - 1).astype(int)
-                pos += 1
-            columns[col] = [levels[c] for c in codes]
+        # numbers unscaled, dates rebuilt from their parts, the most likely *known* level of each
+        # category (the training set never fills the unknown level)
+        columns: dict[str, Any] = pre.decode(enc)
+        for col, (low, high) in getattr(pre, "integer_", {}).items():  # whole numbers: integers in the training range
+            columns[col] = np.clip(np.rint(columns[col]), low, high).astype(np.int64)
         order = [c for c in (self.feature_order or []) if c in columns]
         frame = pd.DataFrame({c: columns[c] for c in order + [c for c in columns if c not in order]})
         if self.labels is not None and self.target:

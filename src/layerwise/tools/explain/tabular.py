@@ -25,7 +25,7 @@ from .methods import ATTENTION_METHODS, Explained, attribute, samples_for
 
 __all__ = ["BASELINE", "columns", "explain_tabular", "permutation_scores", "plot_attributions", "plot_importance"]
 
-BASELINE = 0.0  # the training mean of standardised columns, no level of one-hot columns
+BASELINE = 0.0  # the training center of scaled columns (mean or median), no level of one-hot columns
 GROUPED = ("kernel_shap", "lime")  # methods that attribute a column once, through the feature mask
 PERMUTATION_ROWS = 1000  # permutation importance on at most this many rows of the split
 PERMUTATION_REPEATS = 5
@@ -33,31 +33,16 @@ PERMUTATION_REPEATS = 5
 
 def columns(run) -> tuple[list[str], torch.Tensor]:
     """The original column names and, per encoded feature, the index of its column (F,)."""
-    pre = run.preprocessing.inputs
-    names = list(pre.numeric) + list(pre.categorical)
-    ids = list(range(len(pre.numeric)))
-    for i, col in enumerate(pre.categorical):
-        width = len(pre.levels_[col]) + 1 if pre.encoding_of(col) == "onehot" else 1  # + the unknown level
-        ids += [len(pre.numeric) + i] * width
-    return names, torch.tensor(ids, dtype=torch.long)
+    layout = run.preprocessing.inputs.layout  # where each column's features sit (one-hot levels, date parts...)
+    ids = [c for c, block in enumerate(layout) for _ in range(block.width)]
+    return [block.column for block in layout], torch.tensor(ids, dtype=torch.long)
 
 
 def _values(run, x: torch.Tensor, names: list[str], ids: torch.Tensor) -> list[list[str]]:
-    """Each sample's original column values as text (numbers de-standardised, levels by name)."""
-    pre = run.preprocessing.inputs
-    rows = []
-    for sample in x.numpy():
-        row = []
-        for c, name in enumerate(names):
-            cells = sample[(ids == c).numpy()]
-            if name in pre.numeric:
-                row.append(f"{cells[0] * pre.std_[name] + pre.mean_[name]:.4g}")
-            else:
-                levels = pre.levels_[name] + ["<other>"]
-                code = int(np.argmax(cells)) if pre.encoding_of(name) == "onehot" else round(float(cells[0]))
-                row.append(levels[code] if 0 <= code < len(levels) else "<other>")
-        rows.append(row)
-    return rows
+    """Each sample's original column values as text (numbers unscaled, dates and levels by name)."""
+    decoded = run.preprocessing.inputs.decode(x.numpy())
+    return [[f"{decoded[name][i]:.4g}" if isinstance(decoded[name], np.ndarray) else str(decoded[name][i])
+             for name in names] for i in range(len(x))]
 
 
 def to_columns(method: str, attr: np.ndarray, ids: torch.Tensor, count: int) -> np.ndarray:

@@ -1,0 +1,141 @@
+"""Recipes: what a tabular experiment means when the config names only the family, or nothing.
+
+Published tabular deep learning agrees that a network's defaults decide whether it matches
+gradient-boosted trees (Holzmüller et al. 2024, "Better by Default"; Gorishniy et al. 2021, 2022,
+2024): the width and depth, dropout and weight decay, the numeric embedding, the batch size for the
+table's size, and above all the number of epochs, chosen on a validation split rather than fixed.
+A recipe fills every model and training field the config leaves unset from the table (its training
+rows) and the task; what the user wrote always wins, and the values chosen are written to the run's
+``config.yaml`` (and printed by ``layerwise config CONFIG --data``), so a run says what it did.
+
+Three recipes trade time for accuracy (``recipe:`` in the config):
+
+- ``fast``: a small MLP, few epochs; a first look in seconds.
+- ``default``: the family's published defaults, early stopping on the validation loss.
+- ``best``: TabM (k members sharing weights) when no family is named, wider layers and more patience.
+
+The numbers are constants below, measured with ``benchmarks/tabular_suite.py`` (docs/tabular.md has
+the table). A recipe applies to tabular data and the families written for it; other runs keep the
+schema's defaults.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..core.config import ExperimentConfig, validate_section, with_defaults
+from ..core.errors import ConfigError
+from ..data.spec import DataSpec
+from ..models import FAMILIES
+
+__all__ = ["RECIPES", "TABULAR_FAMILIES", "with_family", "apply_recipe", "describe_recipe"]
+
+RECIPES = ("fast", "default", "best")
+TABULAR_FAMILIES = ("mlp", "resmlp", "ft_transformer", "tabm")  # the families a recipe knows how to size
+
+# the family of a tabular run whose config has no model section
+DEFAULT_FAMILY = {"fast": "mlp", "default": "mlp", "best": "tabm"}
+
+# model fields by family and recipe; a family's own schema defaults fill the rest
+MODEL = {
+    "mlp": {
+        "fast": {"hidden": [128, 128], "dropout": 0.1},
+        # periodic numeric embeddings (MLP-PLR, Gorishniy et al. 2022): +0.9 to +4.4 points on
+        # attrition, concrete, hpc and churn against the plain MLP (benchmarks/tabular_suite.py)
+        "default": {"hidden": [256, 256, 256], "dropout": 0.15, "numeric_embedding": "periodic"},
+        "best": {"hidden": [512, 512, 512], "dropout": 0.15, "numeric_embedding": "periodic"},
+    },
+    "resmlp": {
+        "fast": {"width": 128, "blocks": 2},
+        "default": {},
+        "best": {"width": 384, "blocks": 4},
+    },
+    "ft_transformer": {
+        "fast": {"d_token": 64, "blocks": 2},
+        "default": {},
+        "best": {"numeric_embedding": "periodic"},
+    },
+    "tabm": {
+        "fast": {"k": 8, "width": 256},
+        "default": {},
+        "best": {},
+    },
+}
+
+# optimizer settings by family (AdamW): the learning rate and decoupled weight decay of each paper
+OPTIMIZER = {
+    "mlp": {"lr": 1e-3, "weight_decay": 1e-4},
+    "resmlp": {"lr": 1e-3, "weight_decay": 1e-4},
+    "ft_transformer": {"lr": 1e-4, "weight_decay": 1e-5},
+    "tabm": {"lr": 2e-3, "weight_decay": 3e-4},
+}
+
+# the most epochs, and the patience of early stopping on the validation loss
+EPOCHS = {"fast": (30, 5), "default": (200, 16), "best": (400, 24)}
+NO_VALIDATION_EPOCHS = {"fast": 20, "default": 60, "best": 100}  # data.val_fraction 0: nothing to stop on
+
+
+def batch_size(rows: int) -> int:
+    """Samples per step from the training rows: small tables take small batches (enough steps per
+    epoch for early stopping to see progress), large ones large batches (time)."""
+    for limit, size in ((1_000, 32), (3_000, 64), (10_000, 128), (50_000, 256)):
+        if rows < limit:
+            return size
+    return 512
+
+
+def applies(config: ExperimentConfig, spec: DataSpec, task: str) -> bool:
+    """A recipe sizes tabular classification and regression with a tabular family."""
+    return (spec.kind == "tabular" and task in ("classification", "regression")
+            and config.model.family in TABULAR_FAMILIES)
+
+
+def with_family(config: ExperimentConfig, spec: DataSpec) -> ExperimentConfig:
+    """A tabular config without a model section gets the recipe's family (the schema's default
+    family, a CNN, takes images)."""
+    if spec.kind != "tabular" or "family" in config.model.model_fields_set:
+        return config
+    family = DEFAULT_FAMILY[config.recipe]
+    return config.model_copy(update={"model": validate_section(FAMILIES.get(family).Config, {"family": family},
+                                                               "model")})
+
+
+def apply_recipe(config: ExperimentConfig, spec: DataSpec, rows: int, task: str) -> ExperimentConfig:
+    """``config`` with the recipe's values in every model and train field it leaves unset.
+
+    ``recipe:`` set on data no recipe applies to is refused rather than ignored."""
+    recipe = config.recipe
+    if not applies(config, spec, task):
+        if "recipe" in config.model_fields_set and recipe != "default":
+            raise ConfigError(f"recipe: '{recipe}' sizes tabular classification and regression with "
+                              f"{', '.join(TABULAR_FAMILIES)}; this run is {config.model.family} on {spec.kind} "
+                              f"data ({task}): remove the key")
+        return config
+    family = config.model.family
+    model = with_defaults(config.model, MODEL[family][recipe], "model")
+    train = with_defaults(config.train, train_defaults(config, family, rows), "train")
+    return config.model_copy(update={"model": model, "train": train})
+
+
+def train_defaults(config: ExperimentConfig, family: str, rows: int) -> dict[str, Any]:
+    recipe = config.recipe
+    out: dict[str, Any] = {"batch_size": batch_size(rows), "scheduler": "none"}
+    if "optimizer" not in config.train.model_fields_set:  # the recipe's settings are AdamW's, not another's
+        out.update(optimizer="adamw", **OPTIMIZER[family])
+    if "epochs" in config.train.model_fields_set:
+        pass  # the user's number of epochs, not stopped early (unless they ask for early stopping)
+    elif config.data.val_fraction > 0:
+        epochs, patience = EPOCHS[recipe]
+        out.update(epochs=epochs, early_stopping={"monitor": "val_loss", "patience": patience, "restore_best": True})
+    else:
+        out["epochs"] = NO_VALIDATION_EPOCHS[recipe]
+    return out
+
+
+def describe_recipe(config: ExperimentConfig, rows: int) -> str:
+    """One line for the console: what the recipe chose."""
+    train = config.train
+    stop = (f"up to {train.epochs} epochs, early stopping on {train.early_stopping.monitor} "
+            f"(patience {train.early_stopping.patience})" if train.early_stopping else f"{train.epochs} epochs")
+    return (f"recipe {config.recipe} for {rows:,} training rows: {config.model.family}, {train.optimizer} "
+            f"lr {train.lr:g}, batch {train.batch_size}, {stop}")
