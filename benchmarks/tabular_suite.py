@@ -19,6 +19,7 @@ Metric: accuracy x 100, or R^2 x 100, on test.csv; seconds are train + predict, 
     python benchmarks/tabular_suite.py --quick                  # 3 small tables: a smoke test
     python benchmarks/tabular_suite.py --tables churn,wage --models mlp --refresh
     python benchmarks/tabular_suite.py --markdown table.md      # also write the table for BENCHMARKS.md
+    python benchmarks/tabular_suite.py --baselines-on 0.7       # baselines on the 70% a run trains on
 
 Results are cached in ``<cache>/results.json`` by (table, model row, hash of the config and data,
 hash of the layerwise source tree): a rerun computes only missing or failed cells, and any edit
@@ -356,6 +357,32 @@ def acceptance(names: list[str], tenths: dict) -> list[str]:
     return out
 
 
+def baselines_on_subsets(names: list[str], cache: Path, fraction: float, seeds: int = 3) -> str:
+    """The baselines refitted on random ``fraction`` subsets of train.csv (the share a layerwise run
+    trains on: 70% by default), scored on the same test.csv: how much of a gap is the protocol, and
+    how much the choice of rows alone moves a score."""
+    import tempfile
+
+    lines = [f"| table | logistic / ridge, 100% | {fraction:.0%} ({seeds} subsets) | HistGB, 100% | "
+             f"{fraction:.0%} ({seeds} subsets) |", "| --- | --- | --- | --- | --- |"]
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names:
+            table = TABLES[name]
+            train_csv, test_csv, _ = prepare(name, cache)
+            full = pd.read_csv(train_csv)
+            cells = []
+            for row in ("linear", "histgb"):
+                subsets = []
+                for seed in range(seeds):
+                    path = Path(tmp) / f"{name}-{seed}.csv"
+                    full.sample(frac=fraction, random_state=seed).to_csv(path, index=False)
+                    subsets.append(f"{run_baseline(row, table, path, test_csv):.1f}")
+                cells += [f"{run_baseline(row, table, train_csv, test_csv):.1f}", ", ".join(subsets)]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+            print(lines[-1], flush=True)
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cache", type=Path, default=Path("/tmp/layerwise-tabular-suite"),
@@ -365,6 +392,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)} (a smoke test)")
     parser.add_argument("--refresh", action="store_true", help="recompute the selected cells even when cached")
     parser.add_argument("--markdown", type=Path, help="also write the Markdown tables to this file")
+    parser.add_argument("--baselines-on", type=float, metavar="FRACTION",
+                        help="instead: refit the baselines on 3 random subsets of this share of train.csv (0.7)")
     args = parser.parse_args()
     names = args.tables.split(",") if args.tables else QUICK if args.quick else list(TABLES)
     rows = args.models.split(",") if args.models else ROWS
@@ -372,6 +401,9 @@ def main() -> None:
         if unknown := [c for c in chosen if c not in valid]:
             parser.error(f"{kind}: unknown {', '.join(unknown)}; choose from {', '.join(valid)}")
     args.cache.mkdir(parents=True, exist_ok=True)
+    if args.baselines_on:
+        print("\n" + baselines_on_subsets(names, args.cache, args.baselines_on))
+        return
     cells, infos, skipped = run_suite(names, rows, args.cache, args.refresh)
     text = markdown(names, cells, infos, skipped)
     print("\n" + text)

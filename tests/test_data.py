@@ -164,7 +164,7 @@ def test_csv_embedding_encoding_trains_an_mlp(make_csv, tmp_path):
 
 
 def _states_table(path, rows: int = 600, seed: int = 0):
-    """A table with 51 US-state-like levels (too many to one-hot), 3 colours and a row id."""
+    """A table with 51 US-state-like levels, 3 colours and a row id."""
     rng = np.random.default_rng(seed)
     states = [f"state_{i:02d}" for i in range(51)]
     state = rng.integers(0, 51, rows)
@@ -179,7 +179,9 @@ def _states_table(path, rows: int = 600, seed: int = 0):
 
 def test_categorical_columns_pick_their_encoding_by_cardinality(tmp_path):
     path = _states_table(tmp_path / "states.csv")
-    data = {"source": "csv", "path": str(path), "target": "target", "drop": ["id"]}
+    assert bundle_of({"source": "csv", "path": str(path), "target": "target", "drop": ["id"]}
+                     ).preprocessor.inputs.encodings_ == {"state": "onehot", "color": "onehot"}  # up to 100 levels
+    data = {"source": "csv", "path": str(path), "target": "target", "drop": ["id"], "onehot_max_levels": 10}
     bundle = bundle_of(data)
     pre = bundle.preprocessor.inputs
     assert pre.encoding_of("state") == "embedding" and pre.encoding_of("color") == "onehot"
@@ -202,9 +204,8 @@ def test_an_identifier_column_is_refused_and_onehot_still_refuses_many_levels(tm
     # 432 rows: the training split of 600 (the encodings are fitted on the training split only)
     with pytest.raises(DataError, match=r"column 'id' looks like an identifier \(432 distinct values in 432 rows\).*data.drop"):
         bundle_of({"source": "csv", "path": str(path), "target": "target"})
-    with pytest.raises(DataError, match="'state' has 51 distinct text values, too many to one-hot encode"):
-        bundle_of({"source": "csv", "path": str(path), "target": "target", "drop": ["id"],
-                   "categorical_encoding": "onehot"})
+    with pytest.raises(DataError, match="'id' has 432 distinct text values, too many to one-hot encode"):
+        bundle_of({"source": "csv", "path": str(path), "target": "target", "categorical_encoding": "onehot"})
 
 
 def test_regression_csv_with_several_targets(tmp_path):

@@ -10,6 +10,7 @@ from helpers import cli, write_csv
 import layerwise
 from layerwise import ConfigError
 from layerwise.runs.config import load_config
+from layerwise.runs import recipes
 from layerwise.runs.recipes import batch_size
 from layerwise.runs.training import prepare
 
@@ -38,9 +39,13 @@ def test_what_the_user_wrote_wins(tmp_path):
     assert cfg.train.early_stopping is None  # the user's epochs are run, not stopped early
 
 
-def test_no_model_section_gets_the_recipes_family(tmp_path):
+def test_no_model_section_gets_the_recipes_family(tmp_path, monkeypatch):
     path = write_csv(tmp_path, n=120)
+    assert _prepared(path).model.family == "tabm"
+    monkeypatch.setattr(recipes, "TABM_MAX_ROWS", 50)  # 84 training rows: now a large table, the faster MLP
     assert _prepared(path).model.family == "mlp"
+    assert _prepared(path, recipe="best").model.family == "tabm"  # best takes the time
+    monkeypatch.undo()
     best = _prepared(path, recipe="best")
     assert best.model.family == "tabm" and best.train.early_stopping.patience == 24
     fast = _prepared(path, recipe="fast", model={"family": "resmlp"})
@@ -84,7 +89,7 @@ def test_config_with_data_prints_the_choice(tmp_path):
     code, out, err = cli("config", config, "--data", cwd=tmp_path)
     assert code == 0, err
     resolved = yaml.safe_load(out)
-    assert resolved["model"]["family"] == "mlp" and resolved["model"]["hidden"] == [256, 256, 256]
+    assert resolved["model"]["family"] == "tabm" and resolved["model"]["k"] == 32
     assert resolved["task"]["name"] == "classification" and resolved["train"]["batch_size"] == 32
     code, out, _ = cli("config", config, cwd=tmp_path)  # without --data: the schema's defaults, no data read
     assert code == 0 and yaml.safe_load(out)["model"]["family"] == "cnn"

@@ -248,7 +248,8 @@ def table(tmp_path_factory):
 def runs(table):
     trained = {}
     for family in FAMILIES_TABULAR:
-        cfg = {"name": family, "data": {"source": "csv", "path": str(table / "shop.csv"), "target": "bought"},
+        cfg = {"name": family, "data": {"source": "csv", "path": str(table / "shop.csv"), "target": "bought",
+                                        "onehot_max_levels": 5},  # city's 12 levels embedded: every input path
                "model": {"family": family, **TINY[family]}, "train": quick_train(epochs=8, lr=0.01),
                "evaluate": {"baselines": False}}
         trained[family] = layerwise.train(cfg, runs_dir=table / "runs", quiet=True)

@@ -87,7 +87,7 @@ def _round_trip(run) -> TabularPreprocessor:
 
 OPTIONS = {
     "zero_config": ({}, lambda pre: (pre.scaling_["x"] == "robust" and pre.scaling_["flag"] == "standard"
-                                     and pre.encodings_ == {"color": "onehot", "state": "frequency"}
+                                     and pre.encodings_ == {"color": "onehot", "state": "onehot"}
                                      and pre.dates == ["signup"] and pre.indicators_ == ["gappy", "signup"])),
     "standard": ({"scaling": "standard"}, lambda pre: set(pre.scaling_.values()) == {"standard"}),
     "robust": ({"scaling": "robust"}, lambda pre: set(pre.scaling_.values()) == {"robust"}),
@@ -177,8 +177,8 @@ def test_a_51_level_column_and_a_95_percent_missing_column_train_without_a_flag(
     frame.to_csv(tmp_path / "t.csv", index=False)
     run = layerwise.train({"data": {"source": "csv", "path": str(tmp_path / "t.csv"), "target": "target"},
                            "model": tiny_mlp(), "train": quick_train(epochs=1)}, runs_dir=tmp_path / "runs", quiet=True)
-    pre = run.preprocessing.inputs  # (test_data checks that an embedded state's parity is learnt)
-    assert pre.encoding_of("state") == "embedding" and "mostly_missing=<missing>" in pre.feature_names
+    pre = run.preprocessing.inputs
+    assert pre.encoding_of("state") == "onehot" and "mostly_missing=<missing>" in pre.feature_names
     assert np.isfinite(run.data.train.x.numpy()).all()
     frame.loc[0, "state"] = "Puerto Rico"  # an unseen level
     assert np.isfinite(run.predict(frame.drop(columns="target"))["proba"]).all()
@@ -206,11 +206,10 @@ def test_auto_encoding_by_cardinality():
     frame = pd.DataFrame({"few": rng.choice(list("abc"), 3000), "states": rng.choice(STATES, 3000),
                           "many": [f"m{i}" for i in rng.integers(0, 1500, 3000)]})
     pre = TabularPreprocessor([], ["few", "states", "many"]).fit(frame)
-    assert pre.encodings_ == {"few": "onehot", "states": "embedding", "many": "frequency"}  # > 1000 levels
-    few_rows = TabularPreprocessor([], ["states"]).fit(frame.head(200))  # 51 levels, 4 rows each: too few to embed
-    assert few_rows.encodings_ == {"states": "frequency"}
-    wide = TabularPreprocessor([], ["states"], onehot_max_levels=60).fit(frame)
-    assert wide.encodings_ == {"states": "onehot"}
+    assert pre.encodings_ == {"few": "onehot", "states": "onehot", "many": "frequency"}  # > 1000 levels
+    narrow = TabularPreprocessor([], ["states"], onehot_max_levels=10)
+    assert narrow.fit(frame).encodings_ == {"states": "embedding"}  # 51 levels, ~59 rows each
+    assert narrow.fit(frame.head(200)).encodings_ == {"states": "frequency"}  # 4 rows each: too few to embed
 
 
 # -- identifiers -------------------------------------------------------------------------------

@@ -59,7 +59,7 @@ def prepare(config: ExperimentConfig, model: torch.nn.Module | None = None) -> P
 
 def prepare_bundle(config: ExperimentConfig, bundle: DataBundle, model: torch.nn.Module | None = None) -> Prepared:
     """Pick the task and build the model for data already loaded (cross-validation folds too)."""
-    config = with_family(config, bundle.spec)  # a table without a model section: the recipe's family
+    config = with_family(config, bundle.spec, len(bundle.train))  # a table without a model section: the recipe's family
     family_cls = FAMILIES.get(config.model.family)
     task_name = config.task or infer_task(bundle.spec, family_cls, SOURCES.get(config.data.source))
     task_cls = TASKS.get(task_name)

@@ -40,10 +40,14 @@ __all__ = ["TabularPreprocessor", "Block", "numeric_or_junk", "numeric_target", 
 # the zero-config choices, one constant each (the tabular benchmark tunes them)
 AUTO_SCALING = "robust"  # scaling: auto, for a column of more than FEW_VALUES distinct values
 FEW_VALUES = 2  # scaling: auto standardises a column of this many distinct values or fewer (0/1 flags)
-ONEHOT_MAX_LEVELS = 10  # categorical_encoding: auto one-hot encodes up to this many levels ...
+# categorical_encoding: auto one-hot encodes up to this many levels: one-hot into the first Linear layer
+# *is* an embedding as wide as that layer, and a separate narrow embedding of a 51- or 68-level column
+# (US states, ZIP codes) lost 3 to 7 points on the suite's churn and sacramento tables ...
+ONEHOT_MAX_LEVELS = 100
 EMBEDDING_MAX_LEVELS = 1000  # ... embeds up to this many, and frequency-encodes beyond
 ROWS_PER_LEVEL = 5  # ... and frequency-encodes when an embedding would see fewer rows per level on average
-MAX_ONEHOT_LEVELS = 50  # categorical_encoding: onehot refuses more levels (a block that would dwarf the rest)
+MAX_ONEHOT_LEVELS = 200  # categorical_encoding: onehot refuses more levels (a block that would dwarf the rest)
+IDENTIFIER_MIN_LEVELS = 10  # ... a column of this many levels or fewer is never taken for one (a tiny table)
 IDENTIFIER_SHARE = 0.9  # a text column with a distinct value in 90% of its rows identifies rows, it describes nothing
 MISSING = "<missing>"  # the level of missing values (and the name of a missing indicator)
 OTHER = "<other>"  # the one-hot column of unseen levels
@@ -163,13 +167,13 @@ class TabularPreprocessor:
                     f"{self.origin}: column '{col}' has {levels} distinct text values, too many to one-hot encode; "
                     f"add it to data.drop if it is an identifier, or set data.categorical_encoding: auto (or embedding)")
             return "onehot"
-        if levels <= self.onehot_max_levels:
-            return "onehot"
-        if levels >= IDENTIFIER_SHARE * rows:
+        if levels > IDENTIFIER_MIN_LEVELS and levels >= IDENTIFIER_SHARE * rows:
             raise DataError(
                 f"{self.origin}: column '{col}' looks like an identifier ({levels} distinct values in {rows} rows): "
                 f"nothing learnt from it carries over to new rows; add it to data.drop, or set "
                 f"data.categorical_encoding: embedding to embed it anyway")
+        if levels <= self.onehot_max_levels:
+            return "onehot"
         if levels > self.embedding_max_levels or levels * ROWS_PER_LEVEL > rows:
             return "frequency"
         return "embedding"
