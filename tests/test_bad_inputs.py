@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import gzip
 import json
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -21,7 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from helpers import (assert_one_line_error, cli, cli_in_process, config_error, quick_train, run_dirs, tiny_mlp, write_csv,
+from helpers import (assert_one_line_error, cli_in_process, config_error, quick_train, run_dirs, tiny_mlp, write_csv,
                      write_idx_folder, write_image_folder, write_npz, write_yaml)
 from layerwise import DataError
 
@@ -473,10 +472,6 @@ def test_corpus_is_large_enough():
     assert len(CASES) >= 60
 
 
-# cases whose failure only shows in a fresh interpreter (none known yet; listed here when found)
-FRESH_PROCESS: set[str] = set()
-
-
 @pytest.fixture(scope="module")
 def corpus(request, tmp_path_factory) -> dict[str, tuple]:
     """Run every selected case's CLI command; name → (code, stdout, stderr, runs dir, fragments)."""
@@ -500,19 +495,14 @@ def corpus(request, tmp_path_factory) -> dict[str, tuple]:
 
     def run(name):
         folder, args, fragments = jobs[name]
-        if name in FRESH_PROCESS:
-            return (*cli(*args, cwd=folder), folder / "runs", fragments)
         return (*cli_in_process(*args, cwd=folder), folder / "runs", fragments)
 
-    # in this process, one after another (the CLI's own entry point: ~0.2 s a case instead of ~2 s of
-    # Python and torch start-up); the cases that need a fresh process, a few at a time beside them
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        fresh = {name: pool.submit(run, name) for name in jobs if name in FRESH_PROCESS}
-        results = {name: run(name) for name in jobs if name not in FRESH_PROCESS}
-        return results | {name: future.result() for name, future in fresh.items()}
+    # in this process, one after another: the CLI's own entry point, ~0.1 s a case instead of ~2 s of
+    # Python and torch start-up in a subprocess
+    return {name: run(name) for name in jobs}
 
 
-@pytest.mark.slow  # each case is quick; the corpus together takes about half a minute on 2 cores
+@pytest.mark.slow  # each case is quick; the corpus together took 6 s on 2 cores (a trained run first)
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_bad_input_fails_cleanly(name, corpus):
     code, out, err, runs, fragments = corpus[name]
