@@ -326,7 +326,33 @@ def markdown(names: list[str], cells: dict, infos: dict, skipped: dict) -> str:
     if any(v.get("stale") for v in cells.values()):
         lines.append("- †: not rerun here; measured on an earlier layerwise source tree (see results.json).")
     lines += [f"- error, {n} / {r}: {v['error']}" for (n, r), v in sorted(cells.items()) if v.get("error")]
-    return "\n".join(lines + ["", *acceptance(names, tenths)])
+    return "\n".join(lines + ["", *acceptance(names, tenths), "", *same_rows(names, cells)])
+
+
+def same_rows(names: list[str], cells: dict, row: str = "no_model") -> list[str]:
+    """The network and the baselines as every run reports them: fitted on the run's own training
+    split (the same 70% of train.csv), scored on its own held-out test split (from metrics.json, no
+    retraining). The suite's table compares 70% against 80%; this one, equal rows against equal rows."""
+    out = [f"On the same rows: `{TITLES.get(row, row)}` and the baselines its run fitted on its own training split "
+           f"(70% of train.csv), scored on the run's held-out test split (metrics.json):", "",
+           "| table | network | logistic / ridge | HistGradientBoosting | network − best baseline |",
+           "| --- | --- | --- | --- | --- |"]
+    for name in names:
+        entry = cells.get((name, row))
+        path = Path(entry["run"]) / "metrics.json" if entry and entry.get("run") else None
+        if path is None or not path.is_file():
+            continue
+        metrics = json.loads(path.read_text())
+        metric = "accuracy" if TABLES[name].task == "classification" else "r2"
+        scored = {k: 100 * v["metrics"][metric] for k, v in metrics.get("baselines", {}).items()
+                  if isinstance(v, dict) and metric in v.get("metrics", {})}
+        network = 100 * metrics["metrics"][metric]
+        linear = scored.get("logistic_regression", scored.get("ridge"))
+        boosting = scored.get("hist_gradient_boosting")
+        if linear is None or boosting is None:
+            continue
+        out.append(f"| {name} | {network:.1f} | {linear:.1f} | {boosting:.1f} | {network - max(linear, boosting):+.1f} |")
+    return out if len(out) > 4 else []
 
 
 def acceptance(names: list[str], tenths: dict) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import partial
 from pathlib import Path
 from typing import Callable
@@ -12,6 +13,14 @@ import pytest
 pytest.register_assert_rewrite("helpers")
 
 import helpers  # noqa: E402
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # the README's command runs two workers on two cores: one thread each, in this process and in
+    # every CLI subprocess it starts, rather than two each competing for the same cores
+    import torch
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
 
 
 @pytest.fixture

@@ -89,6 +89,7 @@ def test_config_with_data_prints_the_choice(tmp_path):
     code, out, err = cli("config", config, "--data", cwd=tmp_path)
     assert code == 0, err
     resolved = yaml.safe_load(out)
+    assert out.startswith("# model: chosen when training, by the lowest validation loss among mlp, tabm")
     assert resolved["model"]["family"] == "tabm" and resolved["model"]["k"] == 32
     assert resolved["task"]["name"] == "classification" and resolved["train"]["batch_size"] == 32
     code, out, _ = cli("config", config, cwd=tmp_path)  # without --data: the schema's defaults, no data read

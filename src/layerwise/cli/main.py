@@ -194,9 +194,15 @@ def config(config, overrides, reference, with_data) -> None:
         return
     cfg = load_config(config, list(overrides))
     if with_data:
+        from ..runs.selection import candidates
         from ..runs.training import prepare
 
-        cfg = prepare(cfg).config
+        prepared = prepare(cfg)
+        families = candidates(cfg, prepared.bundle.spec, len(prepared.bundle.train))
+        cfg = prepared.config
+        if families:  # YAML comments: the printed config still loads
+            click.echo(f"# model: chosen when training, by the lowest validation loss among {', '.join(families)};\n"
+                       f"# shown: {cfg.model.family} as its recipe sizes it")
     click.echo(cfg.to_yaml(), nl=False)
 
 

@@ -12,8 +12,9 @@ Three recipes trade time for accuracy (``recipe:`` in the config):
 
 - ``fast``: a small MLP, few epochs; a first look in seconds.
 - ``default``: the family's published defaults, early stopping on the validation loss; with no
-  family named, TabM up to :data:`TABM_MAX_ROWS` training rows and the MLP beyond (time).
-- ``best``: TabM (k members sharing weights) when no family is named, wider layers and more patience.
+  family named, the MLP and TabM are both fitted and the lower validation loss wins
+  (``selection.py``) up to :data:`TABM_MAX_ROWS` training rows, the MLP alone beyond (time).
+- ``best``: wider layers and more patience; with no family named, the same choice at any size.
 
 Early stopping watches the validation loss, not accuracy: on the suite's small tables a validation
 split of 30 to 150 rows ties in accuracy for many epochs, and the first of the ties (often the 3rd
@@ -33,12 +34,14 @@ from ..core.errors import ConfigError
 from ..data.spec import DataSpec
 from ..models import FAMILIES
 
-__all__ = ["RECIPES", "TABULAR_FAMILIES", "TABM_MAX_ROWS", "with_family", "apply_recipe", "describe_recipe"]
+__all__ = ["RECIPES", "TABULAR_FAMILIES", "TABM_MAX_ROWS", "with_family", "named_family", "apply_recipe",
+           "describe_recipe"]
 
 RECIPES = ("fast", "default", "best")
 TABULAR_FAMILIES = ("mlp", "resmlp", "ft_transformer", "tabm")  # the families a recipe knows how to size
 
-# the family of a tabular run whose config has no model section
+# the family of a tabular run whose config has no model section, where nothing is chosen on the
+# validation split (recipe fast; tools that prepare one model, such as cv and `config --data`)
 DEFAULT_FAMILY = {"fast": "mlp", "default": "tabm", "best": "tabm"}
 # recipe default: TabM's 32 members cost ~10x the MLP's time per epoch on a CPU; beyond this many
 # training rows the default takes the MLP (43,000-row diamonds: the MLP 38 s, 98.0 R^2; TabM not run there)
@@ -106,6 +109,11 @@ def with_family(config: ExperimentConfig, spec: DataSpec, rows: int) -> Experime
     family = DEFAULT_FAMILY[config.recipe]
     if config.recipe == "default" and rows > TABM_MAX_ROWS:
         family = "mlp"
+    return named_family(config, family)
+
+
+def named_family(config: ExperimentConfig, family: str) -> ExperimentConfig:
+    """``config`` with ``model: {family: FAMILY}`` as if the user had written it (the recipe sizes the rest)."""
     return config.model_copy(update={"model": validate_section(FAMILIES.get(family).Config, {"family": family},
                                                                "model")})
 

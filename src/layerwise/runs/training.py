@@ -35,9 +35,10 @@ from ..train.energy import EnergyCallback
 from ..train.interrupt import StopSignals
 from ..train.strategies import STRATEGIES
 from .config import load_config, resolve_task_options
-from .recipes import applies, apply_recipe, describe_recipe, with_family
+from .recipes import applies, apply_recipe, describe_recipe, named_family, with_family
 from .resume import RecordResume, resume_changes
 from .run import Run
+from .selection import Candidate, candidates, choose
 from .rundir import RunLock, create_run_dir
 from .trust import check_model_code
 
@@ -193,8 +194,13 @@ def train(config: str | Path | Mapping[str, Any] | ExperimentConfig | None = Non
         else:
             cfg = load_config(config, extra or None)
             checkpoint = None
-        prepared = prepare(cfg, model)
-        cfg, bundle, task, net = prepared.config, prepared.bundle, prepared.task, prepared.model
+        seed_everything(cfg.train.seed)
+        bundle = load_data(cfg.data, cfg.task)
+        # a table without a model section: the family is chosen on the validation split (selection.py)
+        families = candidates(cfg, bundle.spec, len(bundle.train)) if resume is None and model is None else ()
+        loaded = cfg  # as written: each candidate family gets its own recipe from it
+        prepared = prepare_bundle(named_family(cfg, families[0]) if families else cfg, bundle, model)
+        cfg, task, net = prepared.config, prepared.task, prepared.model
         device = resolve_device(cfg.train.device)
         train_loader, val_loader = loaders(bundle, cfg, device)
         energy = None if cfg.train.energy == "off" else EnergyCallback(device, cfg.train.energy, cfg.train.energy_country)
@@ -210,19 +216,24 @@ def train(config: str | Path | Mapping[str, Any] | ExperimentConfig | None = Non
             if model is not None and cfg.model.family == "python":
                 console.print(f"[dim]user module {cfg.model.target}: load_run needs it importable to rebuild[/dim]")
 
-        cbs: list[Callback] = [ProgressBar(console) if cfg.train.progress and not quiet else Callback(),
-                               EpochPrinter(console) if not quiet else Callback(),
-                               HistoryCSV(run_dir / "history.csv")]
-        if cfg.train.early_stopping is not None:
-            cbs.insert(0, EarlyStopping.from_config(cfg.train.early_stopping))
-        cbs += task.callbacks(run_dir) + list(callbacks)
-        if energy is not None:
-            cbs.append(energy)
-        # last: a checkpoint holds what every other callback did for its step or epoch (the diffusion
-        # task's EMA update of the step, early stopping's count, the energy meter), so a resume is exact
-        kept = cfg.train.checkpoints
-        cbs.append(Checkpoint(run_dir / "checkpoints", cfg.train.checkpoint_every, keep_last=kept.keep_last,
-                              keep_best=kept.keep_best, monitor=kept.monitor))
+        def loop_callbacks(cfg: ExperimentConfig, task, files: bool) -> list[Callback]:
+            """The fit's callbacks; ``files``: with the two that write into the run (history, checkpoints)."""
+            cbs: list[Callback] = [ProgressBar(console) if cfg.train.progress and not quiet else Callback(),
+                                   EpochPrinter(console) if not quiet else Callback(),
+                                   HistoryCSV(run_dir / "history.csv") if files else Callback()]
+            if cfg.train.early_stopping is not None:
+                cbs.insert(0, EarlyStopping.from_config(cfg.train.early_stopping))
+            cbs += task.callbacks(run_dir) + list(callbacks)
+            if energy is not None:
+                cbs.append(energy)
+            # last: a checkpoint holds what every other callback did for its step or epoch (the diffusion
+            # task's EMA update of the step, early stopping's count, the energy meter), so a resume is exact
+            kept = cfg.train.checkpoints
+            cbs.append(Checkpoint(run_dir / "checkpoints", cfg.train.checkpoint_every, keep_last=kept.keep_last,
+                                  keep_best=kept.keep_best, monitor=kept.monitor) if files else Callback())
+            return cbs
+
+        cbs = loop_callbacks(cfg, task, files=True)
         if resume is not None and changes:
             # e.g. --resume RUN --set train.epochs=30 extends a run: its config says so once the loop has
             # accepted the change (a schedule fixed by the run's length refuses it before this)
@@ -234,15 +245,19 @@ def train(config: str | Path | Mapping[str, Any] | ExperimentConfig | None = Non
                 old, new = changes["train.lr"]
                 trainer.lr_scale = new / old
         strategy = STRATEGIES.get(cfg.train.strategy)(cfg.train)  # where the fit runs: this process (local), ...
-        console.print(f"[bold]{cfg.name}[/bold]: {cfg.model.family} on {bundle.spec.kind} data "
+        family = f"{' or '.join(families)} (chosen on validation)" if families else cfg.model.family
+        console.print(f"[bold]{cfg.name}[/bold]: {family} on {bundle.spec.kind} data "
                       f"({len(bundle.train)} train / {len(bundle.val) if bundle.val else 0} val / "
                       f"{len(bundle.test) if bundle.test else 0} test), task {cfg.task}, device {device}", highlight=False)
         console.print(f"run directory: {run_dir}", highlight=False)
-        if resume is None and applies(cfg, bundle.spec, cfg.task):
+        if resume is None and applies(cfg, bundle.spec, cfg.task) and not families:
             console.print(describe_recipe(cfg, len(bundle.train)), highlight=False)
         try:
+            if families:
+                return _select_and_finish(run_dir, loaded, bundle, families, strategy, device, energy, loop_callbacks,
+                                          console)
             return _fit_and_finish(run_dir, cfg, bundle, task, net, trainer, strategy, train_loader, val_loader,
-                                   device, energy)
+                                   device, energy, selection=None if resume is None else _earlier_selection(run_dir))
         except BaseException as exc:
             error = _after_failure(exc, run_dir, fresh=resume is None)
             if error is exc:
@@ -251,12 +266,63 @@ def train(config: str | Path | Mapping[str, Any] | ExperimentConfig | None = Non
 
 
 def _fit_and_finish(run_dir, cfg, bundle, task, net, trainer, strategy, train_loader, val_loader, device,
-                    energy) -> "Run":
+                    energy, selection: dict[str, Any] | None = None) -> "Run":
     """Fit, then write the model, the metrics and the report: the run is complete."""
     started = time.perf_counter()
     strategy.fit(trainer, train_loader, val_loader)
-    duration = time.perf_counter() - started
+    return _finish(run_dir, cfg, bundle, task, net, trainer, device, energy, time.perf_counter() - started,
+                   selection=selection)
 
+
+def _earlier_selection(run_dir: Path) -> dict[str, Any] | None:
+    """A resumed run keeps the record of how its family was chosen (metrics.json is rewritten)."""
+    try:
+        return json.loads((run_dir / "metrics.json").read_text()).get("selection")
+    except (OSError, ValueError, AttributeError):
+        return None  # no metrics yet, or damaged: the resume writes new ones without the record
+
+
+def _select_and_finish(run_dir, base: ExperimentConfig, bundle, families, strategy, device, energy, loop_callbacks,
+                       console) -> "Run":
+    """Fit every candidate family in memory, make the one with the lowest validation loss the run
+    (its config, history and checkpoint written as a single fit's), then finish as any run."""
+    console.print(f"recipe {base.recipe} for {len(bundle.train):,} training rows: the family is chosen on the "
+                  f"validation loss among {', '.join(families)}", highlight=False)
+
+    def fit(family: str) -> Candidate:
+        prepared = prepare_bundle(named_family(base, family), bundle)
+        console.print(describe_recipe(prepared.config, len(bundle.train)), highlight=False)
+        train_loader, val_loader = loaders(bundle, prepared.config, device)
+        trainer = Trainer(prepared.model, prepared.task, prepared.config.train, device=device,
+                          callbacks=loop_callbacks(prepared.config, prepared.task, files=False),
+                          eval_cfg=prepared.config.evaluate)
+        strategy.fit(trainer, train_loader, val_loader)
+        if energy is not None:  # the next candidate's session adds to this total: the run's energy is all of them
+            energy.previous = energy.result
+        return Candidate(family, (prepared, trainer), list(trainer.history), 0.0,
+                         sum(p.numel() for p in prepared.model.parameters()))
+
+    started = time.perf_counter()
+    winner, selection = choose(families, fit, lambda line: console.print(line, highlight=False))
+    duration = time.perf_counter() - started
+    prepared, trainer = winner.fitted
+    cfg = prepared.config
+    atomic_write(run_dir / "config.yaml", lambda tmp: Path(tmp).write_text(cfg.to_yaml()))
+    # the winner's fit becomes the run's: history.csv and a checkpoint holding every callback's state
+    # (early stopping's count included), written by the two callbacks its fit ran without
+    writers = loop_callbacks(cfg, prepared.task, files=True)
+    trainer.callbacks = [new if isinstance(new, (HistoryCSV, Checkpoint)) else old
+                         for old, new in zip(trainer.callbacks, writers, strict=True)]
+    for callback in trainer.callbacks:
+        if isinstance(callback, (HistoryCSV, Checkpoint)):
+            callback.on_epoch_end(trainer, trainer.history[-1] if trainer.history else {})
+            callback.on_fit_end(trainer)
+    return _finish(run_dir, cfg, bundle, prepared.task, prepared.model, trainer, device, energy, duration,
+                   selection=selection)
+
+
+def _finish(run_dir, cfg, bundle, task, net, trainer, device, energy, duration: float,
+            selection: dict[str, Any] | None = None) -> "Run":
     save_model(run_dir / "model.safetensors", net, cfg, bundle.spec)
     run = Run(run_dir)
     run._model = net.eval()
@@ -270,6 +336,8 @@ def _fit_and_finish(run_dir, cfg, bundle, task, net, trainer, strategy, train_lo
                 "torch_version": torch.__version__, "resumes": trainer.resumes}
     metrics = {"split": split, "metrics": dict(result), "details": result.details, "training": training,
                "energy": None if energy is None else energy.result}
+    if selection is not None:
+        metrics["selection"] = selection
     adversarial = getattr(cfg.task_options, "adversarial_training", None)
     if adversarial is not None and adversarial.eval_samples:
         metrics["robustness"] = task.robustness(net, bundle.split(split), split, device)  # clean vs robust accuracy
