@@ -21,15 +21,15 @@ def _config(path, **sections):
             "train": {"max_steps": 12, "progress": False}, "evaluate": {"baselines": False}, **sections}
 
 
-def _candidate(family: str, losses: list[float]) -> Candidate:
+def _candidate(family: str, losses: list[float], restored: int | None = None) -> Candidate:
     history = [{"epoch": i, "val_loss": v} for i, v in enumerate(losses, 1)]
-    return Candidate(family, family, history, 0.0, 10)
+    return Candidate(family, family, history, 0.0, 10, restored)
 
 
 def test_the_lowest_validation_loss_wins_and_ties_keep_the_cheaper_family():
     said: list[str] = []
     fits = {"mlp": [0.9, 0.5, 0.6], "tabm": [0.8, 0.4, 0.45]}
-    winner, record = choose(("mlp", "tabm"), lambda f: _candidate(f, fits[f]), said.append)
+    winner, record = choose(("mlp", "tabm"), lambda f: _candidate(f, fits[f], restored=2), said.append)
     assert winner.family == "tabm" and record["chosen"] == "tabm"
     assert [(c["family"], c["val_loss"], c["best_epoch"]) for c in record["candidates"]] == [("mlp", 0.5, 2),
                                                                                               ("tabm", 0.4, 2)]
@@ -39,6 +39,10 @@ def test_the_lowest_validation_loss_wins_and_ties_keep_the_cheaper_family():
     # no finite validation loss anywhere (diverged): the first, cheapest family stands
     nan, record = choose(("mlp", "tabm"), lambda f: _candidate(f, [math.nan]), said.append)
     assert nan.family == "mlp" and record["candidates"][0]["val_loss"] == math.inf
+    # without early stopping a candidate keeps its last weights, and is judged by them, not by its best epoch
+    last, record = choose(("mlp", "tabm"), lambda f: _candidate(f, fits[f]), said.append)
+    assert last.family == "tabm" and [c["best_epoch"] for c in record["candidates"]] == [3, 3]
+    assert record["candidates"][0]["val_loss"] == 0.6
 
 
 def test_a_table_without_a_model_section_becomes_the_chosen_family(tmp_path):

@@ -49,16 +49,17 @@ class Candidate:
     history: list[dict[str, Any]]
     seconds: float
     parameters: int
-
-    @property
-    def best(self) -> float:
-        values = [row[MONITOR] for row in self.history if _finite(row.get(MONITOR))]
-        return min(values) if values else math.inf
+    restored_epoch: int | None = None  # early stopping put this epoch's weights back; None: the last epoch's
 
     @property
     def best_epoch(self) -> int | None:
-        values = [(row[MONITOR], row["epoch"]) for row in self.history if _finite(row.get(MONITOR))]
-        return min(values)[1] if values else None
+        """The epoch whose weights the candidate holds: what it is judged by is what it would predict with."""
+        return self.restored_epoch or (self.history[-1]["epoch"] if self.history else None)
+
+    @property
+    def best(self) -> float:
+        row = next((r for r in self.history if r.get("epoch") == self.best_epoch), {})
+        return float(row[MONITOR]) if _finite(row.get(MONITOR)) else math.inf
 
     def record(self) -> dict[str, Any]:
         return {"family": self.family, MONITOR: self.best, "best_epoch": self.best_epoch,
@@ -101,7 +102,7 @@ def choose(families: tuple[str, ...], fit: Callable[[str], Candidate], say: Call
     say(f"chosen: {winner.family} ({MONITOR} {winner.best:.4g}; {others})")
     record = {"monitor": MONITOR, "chosen": winner.family, "candidates": [c.record() for c in fitted],
               "protocol": "each family fitted with its recipe on the training split, early stopping on the "
-                          "validation split; the lowest validation loss is kept"}
+                          "validation split; the lowest validation loss of the weights each keeps wins"}
     return winner, record
 
 
@@ -132,10 +133,10 @@ def _curves(selection: dict[str, Any]) -> str | None:
         if not points:
             continue
         chosen = c["family"] == selection["chosen"]
-        ax.plot(*zip(*points), "-" if chosen else "--", linewidth=2.2 if chosen else 1.2,
-                label=c["family"] + (" (chosen)" if chosen else ""))
+        (line,) = ax.plot(*zip(*points), "-" if chosen else "--", linewidth=2.2 if chosen else 1.2,
+                          label=c["family"] + (" (chosen)" if chosen else ""))
         if c["best_epoch"] is not None:
-            ax.scatter([c["best_epoch"]], [c[selection["monitor"]]], s=30, zorder=3)
+            ax.scatter([c["best_epoch"]], [c[selection["monitor"]]], s=30, zorder=3, color=line.get_color())
         drawn = True
     if not drawn:
         plt.close(fig)

@@ -300,7 +300,7 @@ def _select_and_finish(run_dir, base: ExperimentConfig, bundle, families, strate
         if energy is not None:  # the next candidate's session adds to this total: the run's energy is all of them
             energy.previous = energy.result
         return Candidate(family, (prepared, trainer), list(trainer.history), 0.0,
-                         sum(p.numel() for p in prepared.model.parameters()))
+                         sum(p.numel() for p in prepared.model.parameters()), trainer.restored_epoch)
 
     started = time.perf_counter()
     winner, selection = choose(families, fit, lambda line: console.print(line, highlight=False))
