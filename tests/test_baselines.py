@@ -173,3 +173,10 @@ def test_cli_train_prints_the_baselines_line(run_cli, tmp_path):
     assert code == 0, err
     assert re.search(r"baselines \(accuracy, test split\): network [\d.]+ · logistic regression [\d.]+ · "
                      r"HistGradientBoosting [\d.]+", out)
+
+
+def test_a_compressed_run_keeps_the_baselines_of_its_origin(classification_run):
+    result = classification_run.compress(quantize="dynamic")
+    compressed = layerwise.load_run(result.path)
+    assert compressed.metrics["baselines"] == classification_run.metrics["baselines"]
+    assert "<h2>Baselines</h2>" in (result.path / "report.html").read_text()

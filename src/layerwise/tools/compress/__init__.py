@@ -254,8 +254,12 @@ def compress_run(run, options: CompressOptions) -> CompressResult:
         scores = new._evaluate_split(bundle, split, torch.device("cpu"))
         training = dict(run.metrics.get("training", {}))
         training["compression"] = {"origin": str(run.path), "method": method}
-        _write_json(path / "metrics.json", {"split": split, "metrics": dict(scores), "details": scores.details,
-                                            "training": training})
+        metrics = {"split": split, "metrics": dict(scores), "details": scores.details, "training": training}
+        if run.metrics.get("split") == split and run.metrics.get("baselines"):
+            # fitted on the same training rows and scored on the same split: the compressed network
+            # stands beside the same baselines (nothing of them is saved to refit)
+            metrics["baselines"] = run.metrics["baselines"]
+        _write_json(path / "metrics.json", metrics)
         new.report()
     except BaseException:
         shutil.rmtree(path, ignore_errors=True)  # no half-written run
