@@ -81,6 +81,9 @@ class ModelConfig(Section):
     """Keys every model family accepts; each family's schema adds its hyperparameters."""
 
     family: str = Field("cnn", description="the model family, see `layerwise models`")
+    init_from: str | None = Field(None, description="start from another run's weights (a run directory or a "
+                                  ".safetensors file): layers that fit are loaded, the head is re-initialised "
+                                  "when its shape differs; see docs/transfer-learning.md")
 
 
 class TaskConfig(Section):
@@ -152,6 +155,8 @@ class TrainConfig(Section):
     betas: tuple[float, float] = Field((0.9, 0.999), description="adam/adamw betas")
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig, description="learning-rate schedule")
     grad_clip: float | None = Field(None, gt=0, description="clip the gradient norm to this value")
+    freeze: list[str] = Field(default_factory=list, description="glob patterns of parameter names kept as they are "
+                              "(e.g. 'features.*' after model.init_from); a pattern matching nothing is refused")
     early_stopping: EarlyStoppingConfig | None = Field(None, description="stop when a metric stops improving")
     strategy: str = Field("local", description="how the fit runs: local (the one loop, in this process); see "
                           "docs/training.md")

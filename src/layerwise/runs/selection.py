@@ -74,7 +74,8 @@ def _finite(value: Any) -> bool:
 def candidates(config: ExperimentConfig, spec: DataSpec, rows: int) -> tuple[str, ...]:
     """The families to choose among for this config and table, or () for a single fit."""
     if (spec.kind != "tabular" or "family" in config.model.model_fields_set or config.recipe not in CANDIDATES
-            or config.task not in (None, "classification", "regression") or config.data.val_fraction == 0
+            or config.model.init_from or config.task not in (None, "classification", "regression")
+            or config.data.val_fraction == 0
             or config.train.strategy != "local"):
         return ()
     if config.recipe == "default" and rows > TABM_MAX_ROWS:

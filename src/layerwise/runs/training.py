@@ -48,8 +48,10 @@ __all__ = ["train", "prepare", "prepare_bundle", "loaders", "save_model"]
 class Prepared:
     """A validated experiment with its data, task and model built, before any file is written."""
 
-    def __init__(self, config: ExperimentConfig, bundle: DataBundle, task, model: LayerwiseModel):
+    def __init__(self, config: ExperimentConfig, bundle: DataBundle, task, model: LayerwiseModel,
+                 notes: list[str] | None = None):
         self.config, self.bundle, self.task, self.model = config, bundle, task, model
+        self.notes = notes or []  # what building the model decided for the user to read (a fresh head...)
 
 
 def prepare(config: ExperimentConfig, model: torch.nn.Module | None = None) -> Prepared:
@@ -58,8 +60,11 @@ def prepare(config: ExperimentConfig, model: torch.nn.Module | None = None) -> P
     return prepare_bundle(config, load_data(config.data, config.task), model)
 
 
-def prepare_bundle(config: ExperimentConfig, bundle: DataBundle, model: torch.nn.Module | None = None) -> Prepared:
-    """Pick the task and build the model for data already loaded (cross-validation folds too)."""
+def prepare_bundle(config: ExperimentConfig, bundle: DataBundle, model: torch.nn.Module | None = None,
+                   initialise: bool = True) -> Prepared:
+    """Pick the task and build the model for data already loaded (cross-validation folds too).
+
+    ``initialise``: load ``model.init_from``'s weights (a resume takes its checkpoint's instead)."""
     config = with_family(config, bundle.spec, len(bundle.train))  # a table without a model section: the recipe's family
     family_cls = FAMILIES.get(config.model.family)
     task_name = config.task or infer_task(bundle.spec, family_cls, SOURCES.get(config.data.source))
@@ -76,11 +81,20 @@ def prepare_bundle(config: ExperimentConfig, bundle: DataBundle, model: torch.nn
     net = wrap_module(model, bundle.spec) if model is not None else build_model(config.model, bundle.spec)
     if model is not None:
         config = config.model_copy(update={"model": net.config})
+    notes = []
+    if config.model.init_from and initialise:
+        from ..models.transfer import load_initial_weights
+
+        notes += load_initial_weights(net, config.model.init_from)
+    if config.train.freeze:
+        from ..models.transfer import freeze
+
+        notes.append(f"frozen: {freeze(net, config.train.freeze)} parameter tensors ({', '.join(config.train.freeze)})")
     task.check_model(net)
     _check_monitors(config, task)
     # refuses what it cannot attack
     task = adversarial_task(task, getattr(options, "adversarial_training", None), bundle)
-    return Prepared(config, bundle, task, net)
+    return Prepared(config, bundle, task, net, notes)
 
 
 def _check_monitors(config: ExperimentConfig, task) -> None:
@@ -199,7 +213,8 @@ def train(config: str | Path | Mapping[str, Any] | ExperimentConfig | None = Non
         # a table without a model section: the family is chosen on the validation split (selection.py)
         families = candidates(cfg, bundle.spec, len(bundle.train)) if resume is None and model is None else ()
         loaded = cfg  # as written: each candidate family gets its own recipe from it
-        prepared = prepare_bundle(named_family(cfg, families[0]) if families else cfg, bundle, model)
+        prepared = prepare_bundle(named_family(cfg, families[0]) if families else cfg, bundle, model,
+                                  initialise=resume is None)
         cfg, task, net = prepared.config, prepared.task, prepared.model
         device = resolve_device(cfg.train.device)
         train_loader, val_loader = loaders(bundle, cfg, device)
@@ -250,6 +265,8 @@ def train(config: str | Path | Mapping[str, Any] | ExperimentConfig | None = Non
                       f"({len(bundle.train)} train / {len(bundle.val) if bundle.val else 0} val / "
                       f"{len(bundle.test) if bundle.test else 0} test), task {cfg.task}, device {device}", highlight=False)
         console.print(f"run directory: {run_dir}", highlight=False)
+        for note in prepared.notes:
+            console.print(note, highlight=False)
         if resume is None and applies(cfg, bundle.spec, cfg.task) and not families:
             console.print(describe_recipe(cfg, len(bundle.train)), highlight=False)
         try:

@@ -1,0 +1,100 @@
+"""Transfer learning: start a model from another run's weights, and freeze the layers you keep.
+
+Features learnt on one data set are a better start than random ones for a related task, most of all
+with few labels (Yosinski et al. 2014, "How transferable are features in deep neural networks?").
+``model.init_from`` names a run directory (its ``model.safetensors``) or a safetensors file written
+by layerwise: every tensor whose name and shape fit this model is loaded; the output layer
+(``head.*``) is left freshly initialised when its shape differs (another number of classes), and
+any other layer that does not fit is a one-line error naming it, rather than a silent partial load.
+
+``train.freeze`` lists glob patterns over parameter names (``features.*``, ``inputs.*``): matching
+parameters keep their loaded values (``requires_grad`` off; the optimizer skips them). A pattern
+that matches nothing is refused with the model's top-level modules, so a typo never trains
+everything silently.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from pathlib import Path
+
+import torch
+
+from ..core.errors import ConfigError, ModelError
+
+__all__ = ["load_initial_weights", "freeze"]
+
+HEAD = "head."  # the contract's output layer (LayerwiseModel.head): re-initialised when it does not fit
+
+
+def _weights_file(source: str | Path) -> Path:
+    path = Path(source)
+    if path.is_dir():
+        if (path / "compression.json").is_file():
+            raise ModelError(f"model.init_from: {path} is a compressed run (int8 or pruned weights); start from the "
+                             f"run it was compressed from")
+        path = path / "model.safetensors"
+    if not path.is_file():
+        raise ModelError(f"model.init_from: {source}: no run directory with a model.safetensors, nor a .safetensors "
+                         f"file, is there; give the path of a trained run")
+    return path
+
+
+def _shape(t: torch.Tensor) -> str:
+    return "×".join(map(str, t.shape)) or "scalar"
+
+
+def load_initial_weights(model: torch.nn.Module, source: str | Path) -> list[str]:
+    """Load the tensors of ``source`` that fit ``model`` (in place); returns lines saying what was kept
+    fresh (the head, when the outputs differ). Raises a one-line :class:`ModelError` for anything else."""
+    from safetensors import safe_open
+
+    path = _weights_file(source)
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
+        raise ModelError(f"model.init_from: {path} is not a readable safetensors file "
+                         f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+    family, wanted = metadata.get("family"), getattr(getattr(model, "config", None), "family", None)
+    if family and wanted and family != wanted:
+        raise ModelError(f"model.init_from: {source} holds a '{family}' model and this config builds '{wanted}'; "
+                         f"set model.family: {family} with the sizes of that run (`layerwise models show`)")
+    own = model.state_dict()
+    state, fresh, misfits = {}, [], []
+    for name, tensor in own.items():
+        theirs = tensors.get(name)
+        if theirs is not None and theirs.shape == tensor.shape:
+            state[name] = theirs.to(tensor.dtype)
+        elif name.startswith(HEAD):
+            fresh.append(name)  # another label set, or no head in the file: this layer starts from scratch
+        else:
+            misfits.append(f"{name} ({'absent' if theirs is None else _shape(theirs)} there, {_shape(tensor)} here)")
+    misfits += [f"{name} (not in this model)" for name in tensors if name not in own and not name.startswith(HEAD)]
+    if misfits:
+        shown = "; ".join(misfits[:3]) + (f"; and {len(misfits) - 3} more" if len(misfits) > 3 else "")
+        raise ModelError(f"model.init_from: {len(misfits)} layers of {source} do not fit this model: {shown}; "
+                         f"build the same architecture as that run (only the head may differ)")
+    model.load_state_dict({**own, **state})
+    return [f"head re-initialised ({', '.join(fresh)}): its shape differs from {source}'s"] if fresh else []
+
+
+def freeze(model: torch.nn.Module, patterns: list[str]) -> int:
+    """Turn ``requires_grad`` off for parameters whose name matches a glob pattern; returns how many."""
+    names = [name for name, _ in model.named_parameters()]
+    frozen = 0
+    for pattern in patterns:
+        matched = [name for name in names if fnmatch.fnmatchcase(name, pattern)]
+        if not matched:
+            modules = sorted({name.split(".", 1)[0] for name in names})
+            raise ConfigError(f"train.freeze: '{pattern}' matches no parameter of this model; its modules are "
+                              f"{', '.join(modules)} (e.g. '{modules[0]}.*')")
+        for name, parameter in model.named_parameters():
+            if name in matched and parameter.requires_grad:
+                parameter.requires_grad_(False)
+                frozen += 1
+    if frozen and not any(p.requires_grad for p in model.parameters()):
+        raise ConfigError(f"train.freeze: {', '.join(patterns)} freezes every parameter; leave at least the head "
+                          f"trainable (e.g. freeze 'body.*' only, not 'head.*')")
+    return frozen
