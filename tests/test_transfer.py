@@ -93,3 +93,28 @@ def test_the_cli_names_a_missing_source_in_one_line(tmp_path):
     code, _, err = cli("train", config, "--set", "model.init_from=nowhere", cwd=tmp_path)
     assert_one_line_error(code, err, "model.init_from: nowhere", "give the path of a trained run")
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_layer_learning_rates_keep_their_ratio_through_the_schedule(tmp_path):
+    from layerwise.train import Trainer
+
+    path = write_csv(tmp_path, n=60)
+    config = {"data": {"source": "csv", "path": str(path), "target": "target"},
+              "model": {"family": "mlp", "hidden": [8]},
+              "train": {"lr": 0.01, "layer_lr_scale": {"body.*": 0.1, "inputs.*": 0.5},
+                        "scheduler": {"name": "onecycle"}, "epochs": 1, "batch_size": 16, "progress": False}}
+    prepared = prepare(load_config(config))
+    trainer = Trainer(prepared.model, prepared.task, prepared.config.train, eval_cfg=prepared.config.evaluate)
+    optimizer = trainer.optimizers["main"]
+    names = {id(p): n for n, p in prepared.model.named_parameters()}
+    rate = {names[id(p)]: g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    assert rate["body.0.weight"] == pytest.approx(0.001) and rate["head.weight"] == pytest.approx(0.01)
+    from layerwise.runs.training import loaders
+
+    train_loader, val_loader = loaders(prepared.bundle, prepared.config, torch.device("cpu"))
+    trainer.fit(train_loader, val_loader)  # OneCycle moved every rate: the ratios stay
+    rate = {names[id(p)]: g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    assert rate["body.0.weight"] / rate["head.weight"] == pytest.approx(0.1)
+    with pytest.raises(ConfigError, match=r"^train.layer_lr_scale: 'encoder.\*' matches no parameter"):
+        bad = prepare(load_config({**config, "train": {"layer_lr_scale": {"encoder.*": 0.1}}}))
+        Trainer(bad.model, bad.task, bad.config.train)

@@ -14,7 +14,7 @@ import warnings
 from typing import Any, Literal, Mapping
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, SerializeAsAny, ValidationError, field_validator
 
 from .errors import ConfigError
 from .registry import did_you_mean
@@ -156,7 +156,10 @@ class TrainConfig(Section):
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig, description="learning-rate schedule")
     grad_clip: float | None = Field(None, gt=0, description="clip the gradient norm to this value")
     freeze: list[str] = Field(default_factory=list, description="glob patterns of parameter names kept as they are "
-                              "(e.g. 'features.*' after model.init_from); a pattern matching nothing is refused")
+                              "(e.g. 'body.*' after model.init_from); a pattern matching nothing is refused")
+    layer_lr_scale: dict[str, PositiveFloat] = Field(default_factory=dict, description="learning-rate multipliers by glob pattern "
+                                       "of parameter names, e.g. {'body.*': 0.1}: the loaded layers learn slower than "
+                                       "a new head (the first matching pattern wins)")
     early_stopping: EarlyStoppingConfig | None = Field(None, description="stop when a metric stops improving")
     strategy: str = Field("local", description="how the fit runs: local (the one loop, in this process); see "
                           "docs/training.md")

@@ -9,21 +9,52 @@ import torch
 
 from ..core.registry import Registry
 
-__all__ = ["OPTIMIZERS", "SCHEDULERS", "Schedule", "make_optimizer", "make_schedule"]
+__all__ = ["OPTIMIZERS", "SCHEDULERS", "Schedule", "make_optimizer", "make_schedule", "scaled_groups"]
 
 OPTIMIZERS: Registry[Callable] = Registry("optimizer", key="train.optimizer")
 SCHEDULERS: Registry[Callable] = Registry("scheduler", key="train.scheduler.name")
 
 
 def _param_groups(params, weight_decay: float) -> list[dict]:
-    """No weight decay on biases and normalization weights (1-D tensors), as is standard."""
-    params = [p for p in params if p.requires_grad]
-    decay = [p for p in params if p.ndim > 1]
-    no_decay = [p for p in params if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
+    """No weight decay on biases and normalization weights (1-D tensors), as is standard.
+
+    ``params``: tensors, or groups ``{"params": [...], "lr": ...}`` (``train.layer_lr_scale``), each split alike."""
+    params = list(params)
+    entries = params if params and isinstance(params[0], dict) else [{"params": params}]
+    groups = []
+    for entry in entries:
+        extra = {k: v for k, v in entry.items() if k != "params"}
+        trainable = [p for p in entry["params"] if p.requires_grad]
+        decay = [p for p in trainable if p.ndim > 1]
+        no_decay = [p for p in trainable if p.ndim <= 1]
+        if decay or len(entries) == 1:
+            groups.append({"params": decay, "weight_decay": weight_decay, **extra})
+        if no_decay:
+            groups.append({"params": no_decay, "weight_decay": 0.0, **extra})
     return groups
+
+
+def scaled_groups(model: torch.nn.Module, params, lr: float, scales: dict[str, float]) -> list[dict]:
+    """``params`` split by ``train.layer_lr_scale``: the first glob pattern matching a parameter's name sets
+    its learning rate to ``lr * scale`` (discriminative fine-tuning, Howard & Ruder 2018); parameters
+    no pattern matches keep ``lr``. A pattern that matches no parameter is refused."""
+    import fnmatch
+
+    from ..core.errors import ConfigError
+
+    names = {id(p): name for name, p in model.named_parameters()}
+    by_scale: dict[float, list] = {}
+    used = set()
+    for p in params:
+        name = names.get(id(p), "")
+        pattern = next((pat for pat in scales if fnmatch.fnmatchcase(name, pat)), None)
+        used.add(pattern)
+        by_scale.setdefault(1.0 if pattern is None else scales[pattern], []).append(p)
+    if unused := [pat for pat in scales if pat not in used]:
+        modules = sorted({name.split(".", 1)[0] for name in names.values()})
+        raise ConfigError(f"train.layer_lr_scale: '{unused[0]}' matches no parameter of this model; its modules are "
+                          f"{', '.join(modules)} (e.g. '{modules[0]}.*')")
+    return [{"params": group, **({} if scale == 1.0 else {"lr": lr * scale})} for scale, group in by_scale.items()]
 
 
 @OPTIMIZERS.register("sgd")
@@ -109,8 +140,10 @@ def _cosine(opt, sched, cfg, total_steps, steps_per_epoch):
 
 @SCHEDULERS.register("onecycle")
 def _onecycle(opt, sched, cfg, total_steps, steps_per_epoch):
+    peak = sched.max_lr or cfg.lr  # per group, in proportion to its rate (train.layer_lr_scale keeps its ratios)
     return Schedule(torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=sched.max_lr or cfg.lr, total_steps=max(2, total_steps), pct_start=sched.pct_start), "step")
+        opt, max_lr=[peak * group["lr"] / cfg.lr for group in opt.param_groups], total_steps=max(2, total_steps),
+        pct_start=sched.pct_start), "step")
 
 
 @SCHEDULERS.register("warmup_cosine")

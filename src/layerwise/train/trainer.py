@@ -19,7 +19,7 @@ from ..core.device import autocast_context, resolve_device  # noqa: F401 - re-ex
 from ..core.errors import TrainingDivergedError, TrainingInterrupted
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .interrupt import StopSignals, signal_name
-from .optim import Schedule, make_optimizer, make_schedule
+from .optim import Schedule, make_optimizer, make_schedule, scaled_groups
 
 __all__ = ["Trainer", "StepContext"]
 
@@ -72,11 +72,12 @@ class Trainer:
         self.optimizers = {}
         for name, group in task.configure_optimizers(model).items():
             # a group is a parameter list, or {"params": [...], "lr": ..., ...} overriding train keys
-            if isinstance(group, dict):
-                overrides = {k: v for k, v in group.items() if k != "params"}
-                self.optimizers[name] = make_optimizer(group["params"], cfg.model_copy(update=overrides))
-            else:
-                self.optimizers[name] = make_optimizer(group, cfg)
+            overrides = {k: v for k, v in group.items() if k != "params"} if isinstance(group, dict) else {}
+            params = group["params"] if isinstance(group, dict) else group
+            local = cfg.model_copy(update=overrides) if overrides else cfg
+            if cfg.layer_lr_scale:  # learning rates per layer group (fine-tuning): one param group per rate
+                params = scaled_groups(model, list(params), local.lr, cfg.layer_lr_scale)
+            self.optimizers[name] = make_optimizer(params, local)
         self.schedules: dict[str, Schedule] = {}
         self.epoch = 0  # epochs completed
         self.batch_in_epoch = 0  # batches of the current epoch already trained
