@@ -22,7 +22,7 @@ import torch
 
 from ..core.errors import ConfigError, ModelError
 
-__all__ = ["load_initial_weights", "freeze"]
+__all__ = ["load_initial_weights", "freeze", "parameters_matching"]
 
 HEAD = "head."  # the contract's output layer (LayerwiseModel.head): re-initialised when it does not fit
 
@@ -80,20 +80,29 @@ def load_initial_weights(model: torch.nn.Module, source: str | Path) -> list[str
     return [f"head re-initialised ({', '.join(fresh)}): its shape differs from {source}'s"] if fresh else []
 
 
+def parameters_matching(model: torch.nn.Module, patterns, key: str) -> dict[str, list[str]]:
+    """The parameter names each glob pattern matches, in the patterns' order. A pattern matching none
+    is a one-line :class:`ConfigError` naming ``key`` and the model's top-level modules (a typo must
+    not silently apply to nothing)."""
+    names = [name for name, _ in model.named_parameters()]
+    matched = {}
+    for pattern in patterns:
+        matched[pattern] = [name for name in names if fnmatch.fnmatchcase(name, pattern)]
+        if not matched[pattern]:
+            modules = sorted({name.split(".", 1)[0] for name in names})
+            raise ConfigError(f"{key}: '{pattern}' matches no parameter of this model; its modules are "
+                              f"{', '.join(modules)} (e.g. '{modules[0]}.*')")
+    return matched
+
+
 def freeze(model: torch.nn.Module, patterns: list[str]) -> int:
     """Turn ``requires_grad`` off for parameters whose name matches a glob pattern; returns how many."""
-    names = [name for name, _ in model.named_parameters()]
+    matched = {name for names in parameters_matching(model, patterns, "train.freeze").values() for name in names}
     frozen = 0
-    for pattern in patterns:
-        matched = [name for name in names if fnmatch.fnmatchcase(name, pattern)]
-        if not matched:
-            modules = sorted({name.split(".", 1)[0] for name in names})
-            raise ConfigError(f"train.freeze: '{pattern}' matches no parameter of this model; its modules are "
-                              f"{', '.join(modules)} (e.g. '{modules[0]}.*')")
-        for name, parameter in model.named_parameters():
-            if name in matched and parameter.requires_grad:
-                parameter.requires_grad_(False)
-                frozen += 1
+    for name, parameter in model.named_parameters():
+        if name in matched and parameter.requires_grad:
+            parameter.requires_grad_(False)
+            frozen += 1
     if frozen and not any(p.requires_grad for p in model.parameters()):
         raise ConfigError(f"train.freeze: {', '.join(patterns)} freezes every parameter; leave at least the head "
                           f"trainable (e.g. freeze 'body.*' only, not 'head.*')")

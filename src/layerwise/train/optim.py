@@ -37,23 +37,18 @@ def _param_groups(params, weight_decay: float) -> list[dict]:
 def scaled_groups(model: torch.nn.Module, params, lr: float, scales: dict[str, float]) -> list[dict]:
     """``params`` split by ``train.layer_lr_scale``: the first glob pattern matching a parameter's name sets
     its learning rate to ``lr * scale`` (discriminative fine-tuning, Howard & Ruder 2018); parameters
-    no pattern matches keep ``lr``. A pattern that matches no parameter is refused."""
-    import fnmatch
+    no pattern matches keep ``lr``. A pattern that matches no parameter of the model is refused (one
+    of several optimizers, a GAN's generator, may hold none of a pattern's parameters)."""
+    from ..models.transfer import parameters_matching
 
-    from ..core.errors import ConfigError
-
+    scale_of: dict[str, float] = {}
+    for pattern, names in parameters_matching(model, scales, "train.layer_lr_scale").items():
+        for name in names:
+            scale_of.setdefault(name, scales[pattern])  # the first matching pattern wins
     names = {id(p): name for name, p in model.named_parameters()}
     by_scale: dict[float, list] = {}
-    used = set()
     for p in params:
-        name = names.get(id(p), "")
-        pattern = next((pat for pat in scales if fnmatch.fnmatchcase(name, pat)), None)
-        used.add(pattern)
-        by_scale.setdefault(1.0 if pattern is None else scales[pattern], []).append(p)
-    if unused := [pat for pat in scales if pat not in used]:
-        modules = sorted({name.split(".", 1)[0] for name in names.values()})
-        raise ConfigError(f"train.layer_lr_scale: '{unused[0]}' matches no parameter of this model; its modules are "
-                          f"{', '.join(modules)} (e.g. '{modules[0]}.*')")
+        by_scale.setdefault(scale_of.get(names.get(id(p), ""), 1.0), []).append(p)
     return [{"params": group, **({} if scale == 1.0 else {"lr": lr * scale})} for scale, group in by_scale.items()]
 
 
