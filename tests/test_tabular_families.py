@@ -1,4 +1,4 @@
-"""The tabular families (resmlp, ft_transformer, tabm) and the numeric embeddings they share.
+"""The tabular families (resmlp, ft_transformer, tabm, and a bag of TabMs) and the numeric embeddings they share.
 
 First the parts on their own: piecewise-linear encodings checked against values worked out by hand,
 the row layout read from a spec (and derived for runs saved before the spec recorded it), tokens
@@ -33,10 +33,12 @@ from layerwise.models.numeric_embeddings import (
 )
 from layerwise.tasks import TASKS, ensemble_loss
 
-FAMILIES_TABULAR = ["resmlp", "ft_transformer", "tabm"]
+FAMILIES_TABULAR = ["resmlp", "ft_transformer", "tabm", "bag"]
 TINY = {"resmlp": {"width": 16, "blocks": 1},
         "ft_transformer": {"d_token": 8, "heads": 2, "blocks": 1},
-        "tabm": {"k": 4, "width": 16, "blocks": 1, "embedding_dim": 4}}
+        "tabm": {"k": 4, "width": 16, "blocks": 1, "embedding_dim": 4},
+        # model.bags: two TabMs, each fitted on its own folds (an ensemble of ensembles)
+        "bag": {"family": "tabm", "k": 4, "width": 16, "blocks": 1, "embedding_dim": 4, "bags": 2}}
 
 LAYOUT = DataSpec(kind="tabular", input_shape=(7,), target="class", num_classes=3,
                   numeric=[0, 1, 6], onehot=[(2, 3)], categorical=[(5, 4)],
@@ -341,12 +343,13 @@ def test_qat_of_ft_transformer_switches_its_attention_dropout_off(runs):
 
 
 @pytest.mark.slow  # a real server: startup exports the model to ONNX
-def test_a_tabm_run_serves_rows_like_run_predict(runs):
+@pytest.mark.parametrize("family", ["tabm", "bag"])
+def test_an_ensemble_serves_rows_like_run_predict(runs, family):
     pytest.importorskip("httpx")
     pytest.importorskip("fastapi")
     from test_serve import Server
 
-    run = runs["tabm"]
+    run = runs[family]
     server = Server(run.path, "--backend", "onnx", cwd=run.path.parent).ready()
     try:
         frame = _new_rows()

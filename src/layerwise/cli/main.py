@@ -158,7 +158,7 @@ def models_show(config, overrides) -> None:
 
     from ..models.summary import summarize
     from ..runs.config import load_config
-    from ..runs.training import prepare
+    from ..runs.prepare import prepare
 
     prepared = prepare(load_config(config, list(overrides)))
     rows = summarize(prepared.model, prepared.bundle.spec.example_input(1))
@@ -195,7 +195,7 @@ def config(config, overrides, reference, with_data) -> None:
     cfg = load_config(config, list(overrides))
     if with_data:
         from ..runs.selection import candidates
-        from ..runs.training import prepare
+        from ..runs.prepare import prepare
 
         prepared = prepare(cfg)
         families = candidates(cfg, prepared.bundle.spec, len(prepared.bundle.train))

@@ -84,6 +84,9 @@ class ModelConfig(Section):
     init_from: str | None = Field(None, description="start from another run's weights (a run directory or a "
                                   ".safetensors file): layers that fit are loaded, the head is re-initialised "
                                   "when its shape differs; see docs/transfer-learning.md")
+    bags: int = Field(1, ge=1, le=32, description="members of a bag (Breiman 1996): each fitted on its own folds of the "
+                      "training rows with early stopping on the fold left out, their predictions averaged; "
+                      "classification and regression; see docs/tabular.md")
 
 
 class TaskConfig(Section):

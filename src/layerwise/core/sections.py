@@ -44,6 +44,40 @@ def figure_html(fig, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
+def curves_html(curves: list[dict[str, Any]], ylabel: str, alt: str) -> str | None:
+    """Loss curves by epoch, one line per ``{"label", "curve", "best_epoch", "best", "bold"}`` (a dot
+    at each curve's best epoch; non-finite points skipped); a log scale when every value is positive.
+    None when no curve has a finite point."""
+    import math
+
+    def finite(v: Any) -> bool:
+        return isinstance(v, (int, float)) and math.isfinite(v)
+
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    drawn = False
+    for c in curves:
+        points = [(epoch, v) for epoch, v in enumerate(c["curve"], 1) if finite(v)]
+        if not points:
+            continue
+        bold = c.get("bold", False)
+        (line,) = ax.plot(*zip(*points), "-" if bold or "bold" not in c else "--", linewidth=2.2 if bold else 1.3,
+                          label=c["label"])
+        if c.get("best_epoch") is not None and finite(c.get("best")):
+            ax.scatter([c["best_epoch"]], [c["best"]], s=30, zorder=3, color=line.get_color())
+        drawn = True
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    if all(v > 0 for c in curves for v in c["curve"] if finite(v)):
+        ax.set_yscale("log")  # losses fall by orders of magnitude in the first epochs
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return figure_html(fig, alt)
+
+
 def show_image(ax, image, pixels: bool = True) -> None:
     """Draw one (C, H, W) image, grey or RGB; ``pixels``: values in [0, 1] (else the stored scale)."""
     img = image.detach().cpu().numpy() if hasattr(image, "detach") else image

@@ -64,6 +64,10 @@ class LayerwiseModel(nn.Module):
     def num_features(self) -> int:
         return self.head.in_features
 
+    def output_layers(self) -> list[nn.Module]:
+        """The layers that produce the outputs (structured pruning leaves their widths alone)."""
+        return [self.head]
+
     def reset_head(self, num_outputs: int) -> None:
         """Replace the output layer (fine-tuning on a new label set)."""
         self.head = nn.Linear(self.num_features, num_outputs).to(next(self.parameters()).device)
@@ -120,7 +124,16 @@ def build_model(config: ModelConfig, spec: DataSpec) -> LayerwiseModel:
             f"model.family: '{config.family}' does not accept {spec.kind} inputs; families that do: "
             f"{', '.join(families_accepting(spec.kind, is_generative(cls)))}"
         )
-    model = cls(config, spec)
+    if getattr(config, "bags", 1) > 1:
+        if is_generative(cls) or config.family == "python":
+            raise ModelError(f"model.bags: a bag averages predictions of classifiers or regressors; the "
+                             f"{config.family} family is {'generative' if is_generative(cls) else 'user code'}: "
+                             f"remove model.bags")
+        from .bagging import Bag
+
+        model = Bag.build(config, spec)
+    else:
+        model = cls(config, spec)
     check_output_shape(model, spec, f"model.family '{config.family}'")
     return model
 
@@ -175,4 +188,4 @@ def describe_family(name: str) -> dict[str, Any]:
     return {"family": name, "accepts": sorted(cls.accepts), "summary": doc[0] if doc else "", "params": params}
 
 
-import_submodules(__name__, skip=("layers", "numeric_embeddings", "summary"))  # each family file registers itself
+import_submodules(__name__, skip=("bagging", "layers", "numeric_embeddings", "summary"))  # each family file registers itself

@@ -61,6 +61,9 @@ def load_initial_weights(model: torch.nn.Module, source: str | Path) -> list[str
     if family and wanted and family != wanted:
         raise ModelError(f"model.init_from: {source} holds a '{family}' model and this config builds '{wanted}'; "
                          f"set model.family: {family} with the sizes of that run (`layerwise models show`)")
+    if any(name.startswith("bag.") for name in tensors):  # models/bagging.py: K members side by side
+        raise ModelError(f"model.init_from: {source} is a bag of members (model.bags); a start is one network's "
+                         f"weights: train the source run with model.bags: 1")
     own = model.state_dict()
     state, fresh, misfits = {}, [], []
     for name, tensor in own.items():

@@ -114,7 +114,7 @@ def prune_structured(model: LayerwiseModel, sparsity: float, rounds: int, exampl
     tp = require("torch_pruning", "compress")
     model.eval()
     pruner = tp.pruner.BasePruner(model, example, importance=tp.importance.GroupMagnitudeImportance(p=2),
-                                  pruning_ratio=sparsity, iterative_steps=rounds, ignored_layers=[model.head])
+                                  pruning_ratio=sparsity, iterative_steps=rounds, ignored_layers=model.output_layers())
     for _ in range(rounds):
         pruner.step()
         if finetune is not None:

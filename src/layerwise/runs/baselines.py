@@ -51,8 +51,9 @@ TASKS_WITH_BASELINES = ("classification", "regression")
 MAX_CATEGORIES = 255  # HistGradientBoosting's max_bins: a categorical feature must have fewer codes
 
 
-def fit_baselines(run, bundle, split: str) -> dict[str, Any] | None:
-    """Fit the baselines on ``bundle.train`` and score them on ``split`` like the run's network.
+def fit_baselines(run, bundle, split: str, learnt: str = "training split") -> dict[str, Any] | None:
+    """Fit the baselines on ``bundle.train`` and score them on ``split`` like the run's network;
+    ``learnt`` names those rows for the protocol (a bag's are the training and validation splits).
 
     Returns the ``baselines`` entry of ``metrics.json``, or None when the run has none (baselines
     off, not tabular, not classification or regression).
@@ -71,7 +72,7 @@ def fit_baselines(run, bundle, split: str) -> dict[str, Any] | None:
     else:
         linear = ("ridge", _ridge, _one_hot_codes)
         boosted = ("hist_gradient_boosting", lambda cats: _boosting_regressor(cats, seed, targets), _native_codes)
-    out: dict[str, Any] = {"protocol": f"fitted on the run's training split ({_rows(len(train))}, the run's "
+    out: dict[str, Any] = {"protocol": f"fitted on the run's {learnt} ({_rows(len(train))}, the run's "
                                        f"preprocessing), scored on the {split} split ({_rows(len(scored))})"}
     for name, make, encode in (linear, boosted):
         out[name] = _fit_and_score(task, config.evaluate, make, encode, x_train, train.y, x_scored, scored.y)

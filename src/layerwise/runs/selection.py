@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..core.config import ExperimentConfig
-from ..core.sections import figure_html, html_table, pyplot, register_section
+from ..core.sections import curves_html, html_table, register_section
 from ..data.spec import DataSpec
 from .recipes import TABM_MAX_ROWS
 
@@ -118,34 +118,13 @@ def selection_section(run) -> tuple[str, str] | None:
              f"best {selection['monitor']}": c[selection["monitor"]], "best epoch": c["best_epoch"],
              "epochs run": c["epochs_run"], "seconds": c["seconds"], "parameters": c["parameters"]}
             for c in selection["candidates"]]
-    parts = [part for part in (_curves(selection),) if part]
+    curves = [{"label": c["family"] + (" (chosen)" if c["family"] == chosen else ""), "curve": c["curve"],
+               "best_epoch": c["best_epoch"], "best": c[selection["monitor"]], "bold": c["family"] == chosen}
+              for c in selection["candidates"]]
+    figure = curves_html(curves, selection["monitor"], "validation loss of each candidate family by epoch "
+                                                       "(dot: its best epoch)")
+    parts = [figure] if figure else []
     parts.append(html_table(rows))
     parts.append(f"<p>{html.escape(selection['protocol'].capitalize())}. The metrics above are the chosen "
                  f"family's; name a family (<code>model: {{family: ...}}</code>) to fit that one alone.</p>")
     return "Family selection", "\n".join(parts)
-
-
-def _curves(selection: dict[str, Any]) -> str | None:
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7, 3.4))
-    drawn = False
-    for c in selection["candidates"]:
-        points = [(epoch, v) for epoch, v in enumerate(c["curve"], 1) if _finite(v)]
-        if not points:
-            continue
-        chosen = c["family"] == selection["chosen"]
-        (line,) = ax.plot(*zip(*points), "-" if chosen else "--", linewidth=2.2 if chosen else 1.2,
-                          label=c["family"] + (" (chosen)" if chosen else ""))
-        if c["best_epoch"] is not None:
-            ax.scatter([c["best_epoch"]], [c[selection["monitor"]]], s=30, zorder=3, color=line.get_color())
-        drawn = True
-    if not drawn:
-        plt.close(fig)
-        return None
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(selection["monitor"])
-    if all(v > 0 for c in selection["candidates"] for v in c["curve"] if _finite(v)):
-        ax.set_yscale("log")  # losses fall by orders of magnitude in the first epochs
-    ax.grid(alpha=0.3)
-    ax.legend()
-    return figure_html(fig, "validation loss of each candidate family by epoch (dot: its best epoch)")

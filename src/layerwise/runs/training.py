@@ -1,9 +1,11 @@
 """Training an experiment into a run directory: :func:`train`, and the steps it shares with tools.
 
-``prepare`` validates the config and builds data, task and model before any file is written;
-``train`` creates the run directory atomically and locked (``rundir.py``), fits with the one loop,
-then writes the weights, the metrics and the report. A failure or an interrupt before the first
-checkpoint removes the directory; after it, the message says how to ``--resume``.
+``prepare`` (``prepare.py``) validates the config and builds data, task and model before any file
+is written; ``train`` creates the run directory atomically and locked (``rundir.py``), fits with the
+one loop (or fits the candidate families and keeps one, ``selection.py``; or fits a bag's members
+one by one, ``bagging.py``), then writes the weights, the metrics and the report. A failure or an
+interrupt before the first checkpoint removes the directory; after it, the message says how to
+``--resume``.
 """
 
 from __future__ import annotations
@@ -14,121 +16,34 @@ import shutil
 import signal
 import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 import torch
 
 from ..core import __version__
-from ..core.config import ExperimentConfig, with_defaults
+from ..core.config import ExperimentConfig
 from ..core.device import resolve_device
 from ..core.errors import ConfigError, DiskFullError, RunError, TrainingInterrupted
 from ..core.io import atomic_write
-from ..data import SOURCES, DataBundle, load_data
-from ..data.loader import BatchLoader
+from ..data import DataBundle, load_data
 from ..data.spec import DataSpec
-from ..models import FAMILIES, LayerwiseModel, build_model, wrap_module
-from ..tasks import TASKS, infer_task
+from ..models import LayerwiseModel
 from ..train import Callback, Checkpoint, EarlyStopping, EpochPrinter, HistoryCSV, ProgressBar, Trainer, seed_everything
-from ..train.adversarial import adversarial_task
 from ..train.energy import EnergyCallback
 from ..train.interrupt import StopSignals
 from ..train.strategies import STRATEGIES
-from .config import load_config, resolve_task_options
-from .recipes import applies, apply_recipe, describe_recipe, named_family, with_family
+from .bagging import BagState, fit_bag, read_bag_checkpoint, rows_to_fold
+from .config import load_config
+from .prepare import Prepared, loaders, prepare, prepare_bundle
+from .recipes import applies, describe_recipe, named_family
 from .resume import RecordResume, resume_changes
 from .run import Run
 from .selection import Candidate, candidates, choose
 from .rundir import RunLock, create_run_dir
 from .trust import check_model_code
 
-__all__ = ["train", "prepare", "prepare_bundle", "loaders", "save_model"]
-
-
-class Prepared:
-    """A validated experiment with its data, task and model built, before any file is written."""
-
-    def __init__(self, config: ExperimentConfig, bundle: DataBundle, task, model: LayerwiseModel,
-                 notes: list[str] | None = None):
-        self.config, self.bundle, self.task, self.model = config, bundle, task, model
-        self.notes = notes or []  # what building the model decided for the user to read (a fresh head...)
-
-
-def prepare(config: ExperimentConfig, model: torch.nn.Module | None = None) -> Prepared:
-    """Load data, pick the task, build the model: everything that can fail on bad input."""
-    seed_everything(config.train.seed)
-    return prepare_bundle(config, load_data(config.data, config.task), model)
-
-
-def prepare_bundle(config: ExperimentConfig, bundle: DataBundle, model: torch.nn.Module | None = None,
-                   initialise: bool = True) -> Prepared:
-    """Pick the task and build the model for data already loaded (cross-validation folds too).
-
-    ``initialise``: load ``model.init_from``'s weights (a resume takes its checkpoint's instead)."""
-    config = with_family(config, bundle.spec, len(bundle.train))  # a table without a model section: the recipe's family
-    family_cls = FAMILIES.get(config.model.family)
-    task_name = config.task or infer_task(bundle.spec, family_cls, SOURCES.get(config.data.source))
-    task_cls = TASKS.get(task_name)
-    if task_cls.target is not None and task_cls.target != bundle.spec.target:
-        raise ConfigError(f"task: '{task_name}' needs a {task_cls.target} target, but {config.data.source} data "
-                          f"gives a {bundle.spec.target} target; change task or the data")
-    options = resolve_task_options(config, task_cls, bundle.spec)
-    config = apply_recipe(config, bundle.spec, len(bundle.train), task_name)  # tabular: sized by the table
-    config = config.model_copy(update={"task": task_name, "task_options": options,
-                                       "model": with_defaults(config.model, task_cls.model_defaults, "model")})
-    task = task_cls(bundle.spec, config.train, bundle.preprocessor, bundle.train.y, config=options)
-    seed_everything(config.train.seed)  # weights do not depend on how much randomness loading used
-    net = wrap_module(model, bundle.spec) if model is not None else build_model(config.model, bundle.spec)
-    if model is not None:
-        config = config.model_copy(update={"model": net.config})
-    notes = []
-    if config.model.init_from and initialise:
-        from ..models.transfer import load_initial_weights
-
-        notes += load_initial_weights(net, config.model.init_from)
-    if config.train.freeze:
-        from ..models.transfer import freeze
-
-        notes.append(f"frozen: {freeze(net, config.train.freeze)} parameter tensors ({', '.join(config.train.freeze)})")
-    task.check_model(net)
-    _check_monitors(config, task)
-    # refuses what it cannot attack
-    task = adversarial_task(task, getattr(options, "adversarial_training", None), bundle)
-    return Prepared(config, bundle, task, net, notes)
-
-
-def _check_monitors(config: ExperimentConfig, task) -> None:
-    """Metrics watched by early stopping or a plateau schedule must be logged (else they never act)."""
-    watched = []
-    if config.train.early_stopping is not None:
-        watched.append(("train.early_stopping.monitor", config.train.early_stopping.monitor))
-    if config.train.scheduler.name == "plateau":
-        watched.append(("train.scheduler.monitor", config.train.scheduler.monitor))
-    known = ["loss", task.main_metric, *task.greater_is_better]
-    for key, monitor in watched:
-        base = monitor.split("_", 1)[1] if monitor.startswith(("val_", "train_")) else None
-        if base is None or base not in known or (monitor.startswith("train_") and base not in ("loss", task.main_metric)):
-            raise ConfigError(f"{key}: '{monitor}' is not a logged metric; "
-                              f"use val_loss, val_{task.main_metric} or train_loss")
-        if config.data.val_fraction == 0 and monitor.startswith("val_"):
-            raise ConfigError(f"{key}: watches a validation metric but data.val_fraction is 0")
-
-
-def loaders(bundle: DataBundle, cfg: ExperimentConfig, device: torch.device):
-    """Training loader (shuffled, augmented, maybe weighted) and a validation loader."""
-    weights = None
-    if cfg.data.sampler == "weighted":
-        if bundle.spec.target != "class":
-            raise ConfigError("data.sampler: 'weighted' needs class labels; use 'random' for regression")
-        counts = torch.bincount(bundle.train.y, minlength=bundle.spec.num_classes).float().clamp_(min=1)
-        weights = (1.0 / counts)[bundle.train.y]
-    transform = bundle.preprocessor.inputs.batch
-    train = BatchLoader(bundle.train, cfg.train.batch_size, shuffle=True, seed=cfg.train.seed, transform=transform,
-                        train=True, weights=weights, device=device)
-    val = None
-    if bundle.val is not None and len(bundle.val):
-        val = BatchLoader(bundle.val, cfg.evaluate.batch_size, transform=transform, device=device)
-    return train, val
+__all__ = ["train", "prepare", "prepare_bundle", "loaders", "save_model", "fit_bag_members"]
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -205,15 +120,20 @@ def train(config: str | Path | Mapping[str, Any] | ExperimentConfig | None = Non
             if not checkpoint.is_file():
                 raise RunError(f"--resume: {checkpoint} not found: the run stopped before its first checkpoint; "
                                f"start the experiment again instead")
+            bag_state = read_bag_checkpoint(checkpoint)
+            if bag_state is not None and changes:
+                key = next(iter(changes))
+                raise ConfigError(f"--resume: {key} cannot change when a bag resumes: its fitted members were "
+                                  f"made with the old value; resume without it, or start a new run")
         else:
             cfg = load_config(config, extra or None)
-            checkpoint = None
+            checkpoint = bag_state = None
         seed_everything(cfg.train.seed)
         bundle = load_data(cfg.data, cfg.task)
         # a table without a model section: the family is chosen on the validation split (selection.py)
         families = candidates(cfg, bundle.spec, len(bundle.train)) if resume is None and model is None else ()
         loaded = cfg  # as written: each candidate family gets its own recipe from it
-        prepared = prepare_bundle(named_family(cfg, families[0]) if families else cfg, bundle, model,
+        prepared = prepare_bundle(named_family(cfg, families[0], single=True) if families else cfg, bundle, model,
                                   initialise=resume is None)
         cfg, task, net = prepared.config, prepared.task, prepared.model
         device = resolve_device(cfg.train.device)
@@ -253,12 +173,14 @@ def train(config: str | Path | Mapping[str, Any] | ExperimentConfig | None = Non
             # e.g. --resume RUN --set train.epochs=30 extends a run: its config says so once the loop has
             # accepted the change (a schedule fixed by the run's length refuses it before this)
             cbs.insert(0, RecordResume(run_dir / "config.yaml", cfg, changes))
-        trainer = Trainer(net, task, cfg.train, callbacks=cbs, device=device, eval_cfg=cfg.evaluate)
-        if checkpoint is not None:
-            trainer.resume_from(checkpoint)
-            if "train.lr" in changes:
-                old, new = changes["train.lr"]
-                trainer.lr_scale = new / old
+        trainer = None  # a selection's candidates and a bag's members each get their own
+        if not families and cfg.model.bags == 1:
+            trainer = Trainer(net, task, cfg.train, callbacks=cbs, device=device, eval_cfg=cfg.evaluate)
+            if checkpoint is not None:
+                trainer.resume_from(checkpoint)
+                if "train.lr" in changes:
+                    old, new = changes["train.lr"]
+                    trainer.lr_scale = new / old
         strategy = STRATEGIES.get(cfg.train.strategy)(cfg.train)  # where the fit runs: this process (local), ...
         family = f"{' or '.join(families)} (chosen on validation)" if families else cfg.model.family
         console.print(f"[bold]{cfg.name}[/bold]: {family} on {bundle.spec.kind} data "
@@ -273,6 +195,9 @@ def train(config: str | Path | Mapping[str, Any] | ExperimentConfig | None = Non
             if families:
                 return _select_and_finish(run_dir, loaded, bundle, families, strategy, device, energy, loop_callbacks,
                                           console)
+            if cfg.model.bags > 1:
+                return _bag_and_finish(run_dir, prepared, bag_state or BagState(cfg.model.bags), strategy, device,
+                                       energy, loop_callbacks, console)
             return _fit_and_finish(run_dir, cfg, bundle, task, net, trainer, strategy, train_loader, val_loader,
                                    device, energy, selection=None if resume is None else _earlier_selection(run_dir))
         except BaseException as exc:
@@ -307,7 +232,7 @@ def _select_and_finish(run_dir, base: ExperimentConfig, bundle, families, strate
                   f"validation loss among {', '.join(families)}", highlight=False)
 
     def fit(family: str) -> Candidate:
-        prepared = prepare_bundle(named_family(base, family), bundle)
+        prepared = prepare_bundle(named_family(base, family, single=True), bundle)
         console.print(describe_recipe(prepared.config, len(bundle.train)), highlight=False)
         train_loader, val_loader = loaders(bundle, prepared.config, device)
         trainer = Trainer(prepared.model, prepared.task, prepared.config.train, device=device,
@@ -323,6 +248,12 @@ def _select_and_finish(run_dir, base: ExperimentConfig, bundle, families, strate
     winner, selection = choose(families, fit, lambda line: console.print(line, highlight=False))
     duration = time.perf_counter() - started
     prepared, trainer = winner.fitted
+    bag = prepare_bundle(named_family(base, winner.family), bundle)  # the recipe may bag the chosen family
+    if bag.config.model.bags > 1:
+        console.print(describe_recipe(bag.config, len(bundle.train)), highlight=False)
+        atomic_write(run_dir / "config.yaml", lambda tmp: Path(tmp).write_text(bag.config.to_yaml()))
+        return _bag_and_finish(run_dir, bag, BagState(bag.config.model.bags, selection=selection), strategy, device,
+                               energy, loop_callbacks, console)
     cfg = prepared.config
     atomic_write(run_dir / "config.yaml", lambda tmp: Path(tmp).write_text(cfg.to_yaml()))
     # the winner's fit becomes the run's: history.csv and a checkpoint holding every callback's state
@@ -338,34 +269,98 @@ def _select_and_finish(run_dir, base: ExperimentConfig, bundle, families, strate
                    selection=selection)
 
 
+def _bag_and_finish(run_dir, prepared: Prepared, state: BagState, strategy, device, energy, loop_callbacks,
+                    console) -> "Run":
+    """Fit the members of a bag each on its own folds (``bagging.py``), each saved to the checkpoint
+    as it ends, then finish as any run."""
+    if energy is not None and state.energy:
+        energy.previous = state.energy  # a resumed bag: the members fitted before count
+
+    def fit(trainer: Trainer, train_loader, val_loader) -> None:
+        strategy.fit(trainer, train_loader, val_loader)
+        if energy is not None:  # the next member's session adds to this total
+            energy.previous = state.energy = energy.result
+
+    record, rows = fit_bag_members(prepared, state, device, lambda cfg, task: loop_callbacks(cfg, task, files=False),
+                                   fit, run_dir / "checkpoints" / "last.pt",
+                                   lambda line: console.print(line, highlight=False))
+    records = state.records
+    choosing = sum(c["seconds"] for c in (state.selection or {}).get("candidates", []))  # the family's choice first
+    training = {"duration_s": choosing + sum(r["seconds"] for r in records),
+                "epochs_run": sum(r["epochs_run"] for r in records),
+                "steps": sum(r["steps"] for r in records), "stop_reason": "completed", "restored_best_epoch": None}
+    return _finish(run_dir, prepared.config, prepared.bundle, prepared.task, prepared.model, None, device, energy,
+                   training["duration_s"], selection=state.selection, bagging=record, training=training,
+                   fitted_on=None if rows is prepared.bundle else rows)
+
+
+def fit_bag_members(prepared: Prepared, state: BagState, device: torch.device,
+                    callbacks: Callable[[ExperimentConfig, Any], list[Callback]],
+                    fit: Callable[[Trainer, Any, Any], None], checkpoint: Path | None,
+                    say: Callable[[str], None]) -> tuple[dict[str, Any], DataBundle]:
+    """Fit the members of ``prepared``'s bag that ``state`` lacks, each on its own folds of every row the
+    run is not scored on, and load them all into ``prepared.model``. Returns the ``bagging`` record of
+    metrics.json and those rows (``train`` and ``cv`` share it: a bag means the same in both)."""
+    cfg = prepared.config
+    rows = rows_to_fold(prepared.bundle, _scored_split(cfg, prepared.bundle))
+    member_model = cfg.model.model_copy(update={"bags": 1})
+
+    def fit_member(i: int, data: DataBundle) -> tuple[torch.nn.Module, Trainer]:
+        train_cfg = cfg.train.model_copy(update={"seed": cfg.train.seed + i})  # members differ by their start too
+        member = prepare_bundle(cfg.model_copy(update={"model": member_model, "train": train_cfg}), data)
+        train_loader, val_loader = loaders(data, member.config, device)
+        trainer = Trainer(member.model, member.task, member.config.train, device=device,
+                          callbacks=callbacks(member.config, member.task), eval_cfg=cfg.evaluate)
+        fit(trainer, train_loader, val_loader)
+        return member.model, trainer
+
+    record = fit_bag(state, rows, cfg.data.split_seed, rows.spec.target == "class", fit_member, checkpoint, say)
+    for member, weights in zip(prepared.model.bag, state.weights, strict=True):
+        member.load_state_dict(weights)
+    return record, rows
+
+
 def _finish(run_dir, cfg, bundle, task, net, trainer, device, energy, duration: float,
-            selection: dict[str, Any] | None = None) -> "Run":
+            selection: dict[str, Any] | None = None, bagging: dict[str, Any] | None = None,
+            training: dict[str, Any] | None = None, fitted_on: DataBundle | None = None) -> "Run":
+    """Write the model, metrics.json and the report. ``training``: what the fit did, when no single
+    trainer did it (a bag); ``fitted_on``: the rows the network learnt from, when they are not
+    ``bundle.train`` (a bag's), for the baselines to learn from the same."""
     save_model(run_dir / "model.safetensors", net, cfg, bundle.spec)
     run = Run(run_dir)
     run._model = net.eval()
     run._data = bundle  # the report reuses it rather than reading the data again
-    split = cfg.evaluate.split if getattr(bundle, cfg.evaluate.split) is not None else "val"
+    split = _scored_split(cfg, bundle)
     result = run._evaluate_split(bundle, split, device)
-    training = {"duration_s": duration, "device": str(device), "epochs_run": trainer.epoch,
-                "steps": trainer.global_step, "stop_reason": trainer.stop_reason or "completed",
-                "restored_best_epoch": trainer.restored_epoch,
-                "parameters": sum(p.numel() for p in net.parameters()), "layerwise_version": __version__,
-                "torch_version": torch.__version__, "resumes": trainer.resumes}
+    if training is None:
+        training = {"duration_s": duration, "epochs_run": trainer.epoch, "steps": trainer.global_step,
+                    "stop_reason": trainer.stop_reason or "completed", "restored_best_epoch": trainer.restored_epoch,
+                    "resumes": trainer.resumes}
+    training = {**training, "device": str(device), "parameters": sum(p.numel() for p in net.parameters()),
+                "layerwise_version": __version__, "torch_version": torch.__version__}
     metrics = {"split": split, "metrics": dict(result), "details": result.details, "training": training,
                "energy": None if energy is None else energy.result}
     if selection is not None:
         metrics["selection"] = selection
+    if bagging is not None:
+        metrics["bagging"] = bagging
     adversarial = getattr(cfg.task_options, "adversarial_training", None)
     if adversarial is not None and adversarial.eval_samples:
         metrics["robustness"] = task.robustness(net, bundle.split(split), split, device)  # clean vs robust accuracy
     from .baselines import fit_baselines
 
-    baselines = fit_baselines(run, bundle, split)  # tabular runs: linear model and boosted trees, scored alike
+    baselines = fit_baselines(run, fitted_on or bundle, split, "training split" if fitted_on is None
+                              else "training and validation splits (a bag's rows)")  # tabular runs: linear model and boosted trees, scored alike
     if baselines is not None:
         metrics["baselines"] = baselines
     _write_json(run_dir / "metrics.json", metrics)
     run.report()
     return run
+
+
+def _scored_split(cfg: ExperimentConfig, bundle: DataBundle) -> str:
+    """The split a finished run is scored on: ``evaluate.split``, or validation when that split is absent."""
+    return cfg.evaluate.split if getattr(bundle, cfg.evaluate.split) is not None else "val"
 
 
 def _after_failure(exc: BaseException, run_dir: Path, fresh: bool) -> BaseException:

@@ -54,7 +54,9 @@ def cross_validate(config: str | Path | Mapping[str, Any] | ExperimentConfig | N
     from ..data import SOURCES
     from ..data.loader import BatchLoader
     from ..data.pipeline import build_bundle, infer_target
-    from ..runs.training import loaders, prepare_bundle
+    from ..runs.bagging import BagState
+    from ..runs.prepare import loaders, prepare_bundle
+    from ..runs.training import fit_bag_members
     from ..tasks.evaluation import evaluate_model
     from ..train import EarlyStopping, Trainer
 
@@ -84,10 +86,19 @@ def cross_validate(config: str | Path | Mapping[str, Any] | ExperimentConfig | N
         fold_cfg = cfg.model_copy(update={"data": fold_data_cfg})
         prepared = prepare_bundle(fold_cfg, bundle)
         device = resolve_device(cfg.train.device)
-        train_loader, val_loader = loaders(bundle, prepared.config, device)
-        trainer = Trainer(prepared.model, prepared.task, prepared.config.train, device=device, eval_cfg=cfg.evaluate,
-                          callbacks=[EarlyStopping.from_config(es)] if (es := cfg.train.early_stopping) else [])
-        trainer.fit(train_loader, val_loader)
+
+        def stopping(config, task) -> list:
+            return [EarlyStopping.from_config(es)] if (es := config.train.early_stopping) else []
+
+        if prepared.config.model.bags > 1:  # each member on its own folds of the fold's rows, as `train` does
+            fit_bag_members(prepared, BagState(prepared.config.model.bags), device, stopping,
+                            lambda trainer, train_loader, val_loader: trainer.fit(train_loader, val_loader), None,
+                            (lambda line: None) if quiet else print)
+        else:
+            train_loader, val_loader = loaders(bundle, prepared.config, device)
+            trainer = Trainer(prepared.model, prepared.task, prepared.config.train, device=device,
+                              eval_cfg=cfg.evaluate, callbacks=stopping(prepared.config, prepared.task))
+            trainer.fit(train_loader, val_loader)
         test_loader = BatchLoader(bundle.test, cfg.evaluate.batch_size, transform=bundle.preprocessor.inputs.batch,
                                   device=device)
         metrics = dict(evaluate_model(prepared.model, prepared.task, test_loader, cfg.evaluate))

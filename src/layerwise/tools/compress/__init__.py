@@ -100,7 +100,7 @@ def _finetuner(run, bundle, epochs: int, history: list[dict[str, Any]]) -> Calla
     """Fine-tuning through the Foundation's Trainer with the run's task, loaders and config (CPU)."""
     if epochs <= 0:
         return None
-    from ...runs.training import loaders
+    from ...runs.prepare import loaders
     from ...train import Trainer
 
     train_cfg = run.config.train.model_copy(update={"epochs": epochs, "early_stopping": None, "max_steps": None,

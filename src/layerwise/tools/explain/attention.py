@@ -56,7 +56,11 @@ def attention_families() -> list[str]:
 def check_attention(model: torch.nn.Module) -> None:
     """A one-line ConfigError unless ``model`` can give its attention maps."""
     if not callable(getattr(model, "attention_maps", None)):
-        family = getattr(getattr(model, "config", None), "family", type(model).__name__)
+        config = getattr(model, "config", None)
+        family = getattr(config, "family", type(model).__name__)
+        if getattr(config, "bags", 1) > 1:
+            raise ConfigError(f"explain: attention maps are one network's; this run is a bag of {config.bags} "
+                              f"{family} members: train with model.bags: 1 to see them")
         raise ConfigError(f"explain: attention needs a transformer-family model "
                           f"({', '.join(attention_families())}); this run's family is {family}")
 
