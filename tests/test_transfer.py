@@ -12,6 +12,7 @@ import layerwise
 from layerwise import ConfigError, ModelError
 from layerwise.runs.config import load_config
 from layerwise.runs.training import prepare
+from layerwise.train import Callback
 
 CNN = {"family": "cnn", "channels": [8], "convs_per_block": 1, "dropout": 0.0}
 
@@ -118,3 +119,54 @@ def test_layer_learning_rates_keep_their_ratio_through_the_schedule(tmp_path):
     with pytest.raises(ConfigError, match=r"^train.layer_lr_scale: 'encoder.\*' matches no parameter"):
         bad = prepare(load_config({**config, "train": {"layer_lr_scale": {"encoder.*": 0.1}}}))
         Trainer(bad.model, bad.task, bad.config.train)
+
+
+@pytest.mark.parametrize("head_epochs, every, released", [
+    (2, 0, [1, 1, 4, 4, 4]),   # LP-FT: the head alone, then everything
+    (0, 1, [1, 2, 3, 4, 4]),   # ULMFiT: one more group from the top each epoch
+    (1, 2, [1, 2, 2, 3, 3]),   # the head for one epoch, then a group every two
+])
+def test_the_unfreezing_schedule_releases_groups_from_the_top(head_epochs, every, released):
+    from layerwise.train.unfreeze import UnfreezeSchedule
+
+    model = torch.nn.Sequential()
+    model.add_module("inputs", torch.nn.Linear(2, 3))
+    model.add_module("body", torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.ReLU(), torch.nn.Linear(3, 3)))
+    model.add_module("head", torch.nn.Linear(3, 1))
+    schedule = UnfreezeSchedule(model, head_epochs, every)
+    assert [len(g) for g in schedule.groups] == [2, 2, 2, 2]  # inputs, body.0, body.2, head
+    assert [schedule.released(epoch) for epoch in range(5)] == released
+    schedule.apply(0)
+    assert [p.requires_grad for p in model.parameters()] == [False] * 6 + [True] * 2  # the head alone
+
+
+class _Weights(Callback):
+    """The model's weights at the end of every epoch."""
+
+    def __init__(self):
+        self.seen = []
+
+    def on_epoch_end(self, trainer, logs):
+        self.seen.append({k: v.detach().clone() for k, v in trainer.model.state_dict().items()})
+
+
+def test_a_warming_head_trains_alone_then_the_layers_below_follow_and_freeze_holds(tmp_path):
+    path = write_csv(tmp_path, n=80)
+    weights = _Weights()
+    config = {"data": {"source": "csv", "path": str(path), "target": "target"},
+              "model": {"family": "mlp", "hidden": [8, 8]}, "evaluate": {"baselines": False},
+              "train": quick_train(epochs=4, lr=0.05, unfreeze={"head_epochs": 2, "every": 1},
+                                   freeze=["inputs.*"])}
+    run = layerwise.train(config, runs_dir=tmp_path / "runs", quiet=True, callbacks=[weights])
+    head, first, second = "head.weight", "body.0.weight", "body.3.weight"
+    assert set(weights.seen[0]) >= {head, first, second}
+    # epochs 1 and 2: only the head moves; 3: the top body layer too; 4: both body layers; inputs never
+    assert not torch.equal(weights.seen[0][head], weights.seen[1][head])
+    assert torch.equal(weights.seen[0][second], weights.seen[1][second])
+    assert not torch.equal(weights.seen[1][second], weights.seen[2][second])
+    assert torch.equal(weights.seen[1][first], weights.seen[2][first])
+    assert not torch.equal(weights.seen[2][first], weights.seen[3][first])
+    inputs = [k for k in weights.seen[0] if k.startswith("inputs.")]
+    assert all(torch.equal(weights.seen[0][k], weights.seen[3][k]) for k in inputs)
+    assert [int(row["unfrozen_groups"]) for row in run.history] == [1, 1, 2, 3]
+    assert all(p.requires_grad for n, p in run.model.named_parameters() if not n.startswith("inputs."))

@@ -29,6 +29,7 @@ __all__ = [
     "EarlyStoppingConfig",
     "AdversarialConfig",
     "CheckpointsConfig",
+    "UnfreezeConfig",
     "TrainConfig",
     "EvaluateConfig",
     "ExperimentConfig",
@@ -143,6 +144,15 @@ class CheckpointsConfig(Section):
     monitor: str = Field("val_loss", description="keep_best: the metric watched (val_loss, val_accuracy...)")
 
 
+class UnfreezeConfig(Section):
+    """Which layers train when, for fine-tuning a loaded model (docs/transfer-learning.md)."""
+
+    head_epochs: int = Field(0, ge=0, description="epochs in which only the output layer (head) trains: a new "
+                             "head settles before its gradients reach the loaded features (LP-FT, Kumar et al. 2022)")
+    every: int = Field(0, ge=0, description="then one more layer group, from the top, every this many epochs "
+                       "(gradual unfreezing, Howard & Ruder 2018); 0: every layer at once")
+
+
 class TrainConfig(Section):
     epochs: int = Field(10, ge=1, description="passes over the training data")
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
@@ -160,6 +170,8 @@ class TrainConfig(Section):
     grad_clip: float | None = Field(None, gt=0, description="clip the gradient norm to this value")
     freeze: list[str] = Field(default_factory=list, description="glob patterns of parameter names kept as they are "
                               "(e.g. 'body.*' after model.init_from); a pattern matching nothing is refused")
+    unfreeze: UnfreezeConfig | None = Field(None, description="train the head alone first, then unfreeze layer "
+                                            "groups from the top: {head_epochs: 2, every: 1}; train.freeze stays frozen")
     layer_lr_scale: dict[str, PositiveFloat] = Field(default_factory=dict, description="learning-rate multipliers by glob pattern "
                                        "of parameter names, e.g. {'body.*': 0.1}: the loaded layers learn slower than "
                                        "a new head (the first matching pattern wins)")

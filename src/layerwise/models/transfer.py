@@ -22,7 +22,7 @@ import torch
 
 from ..core.errors import ConfigError, ModelError
 
-__all__ = ["load_initial_weights", "freeze", "parameters_matching"]
+__all__ = ["load_initial_weights", "freeze", "parameters_matching", "layer_groups"]
 
 HEAD = "head."  # the contract's output layer (LayerwiseModel.head): re-initialised when it does not fit
 
@@ -110,3 +110,16 @@ def freeze(model: torch.nn.Module, patterns: list[str]) -> int:
         raise ConfigError(f"train.freeze: {', '.join(patterns)} freezes every parameter; leave at least the head "
                           f"trainable (e.g. freeze 'body.*' only, not 'head.*')")
     return frozen
+
+
+def layer_groups(model: torch.nn.Module) -> list[list[str]]:
+    """The model's parameter names grouped into layers, from the input to the output: by their first
+    two name parts (``body.3``, ``inputs.periodic``), the output layer (``head.*``) last whatever its
+    place. What gradual unfreezing releases one at a time, from the top."""
+    groups: dict[str, list[str]] = {}
+    for name, _ in model.named_parameters():
+        parts = name.split(".")
+        key = parts[0] if parts[0] == "head" or len(parts) <= 2 else ".".join(parts[:2])
+        groups.setdefault(key, []).append(name)
+    head = groups.pop("head", [])
+    return list(groups.values()) + ([head] if head else [])

@@ -53,7 +53,7 @@ def prepare_bundle(config: ExperimentConfig, bundle: DataBundle, model: torch.nn
         raise ConfigError(f"task: '{task_name}' needs a {task_cls.target} target, but {config.data.source} data "
                           f"gives a {bundle.spec.target} target; change task or the data")
     options = resolve_task_options(config, task_cls, bundle.spec)
-    config = apply_recipe(config, bundle.spec, len(bundle.train), task_name)  # tabular: sized by the table
+    config = apply_recipe(config, bundle.spec, len(bundle.train), task_name, one_network=model is not None)  # tabular: sized by the table
     config = config.model_copy(update={"task": task_name, "task_options": options,
                                        "model": with_defaults(config.model, task_cls.model_defaults, "model")})
     if config.model.bags > 1:

@@ -128,8 +128,10 @@ def named_family(config: ExperimentConfig, family: str, single: bool = False) ->
     return config.model_copy(update={"model": validate_section(FAMILIES.get(family).Config, section, "model")})
 
 
-def apply_recipe(config: ExperimentConfig, spec: DataSpec, rows: int, task: str) -> ExperimentConfig:
-    """``config`` with the recipe's values in every model and train field it leaves unset.
+def apply_recipe(config: ExperimentConfig, spec: DataSpec, rows: int, task: str, one_network: bool = False
+                 ) -> ExperimentConfig:
+    """``config`` with the recipe's values in every model and train field it leaves unset;
+    ``one_network``: never a bag (a module passed to ``train()`` is one network).
 
     ``recipe:`` set on data no recipe applies to is refused rather than ignored."""
     recipe = config.recipe
@@ -140,7 +142,7 @@ def apply_recipe(config: ExperimentConfig, spec: DataSpec, rows: int, task: str)
                               f"data ({task}): remove the key")
         return config
     family = config.model.family
-    model = with_defaults(config.model, {**MODEL[family][recipe], "bags": bags(config, rows)}, "model")
+    model = with_defaults(config.model, {**MODEL[family][recipe], "bags": 1 if one_network else bags(config, rows)}, "model")
     train = with_defaults(config.train, train_defaults(config, family, rows), "train")
     return config.model_copy(update={"model": model, "train": train})
 

@@ -20,6 +20,7 @@ from ..core.errors import TrainingDivergedError, TrainingInterrupted
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .interrupt import StopSignals, signal_name
 from .optim import Schedule, make_optimizer, make_schedule, scaled_groups
+from .unfreeze import UnfreezeSchedule
 
 __all__ = ["Trainer", "StepContext"]
 
@@ -78,6 +79,11 @@ class Trainer:
             if cfg.layer_lr_scale:  # learning rates per layer group (fine-tuning): one param group per rate
                 params = scaled_groups(model, list(params), local.lr, cfg.layer_lr_scale)
             self.optimizers[name] = make_optimizer(params, local)
+        # train.unfreeze: the head alone first, then layer groups from the top (after the optimizers,
+        # which hold every parameter that may train)
+        plan = getattr(cfg, "unfreeze", None)
+        self.unfreeze = UnfreezeSchedule(model, plan.head_epochs, plan.every) if plan and (
+            plan.head_epochs or plan.every) else None
         self.schedules: dict[str, Schedule] = {}
         self.epoch = 0  # epochs completed
         self.batch_in_epoch = 0  # batches of the current epoch already trained
@@ -170,7 +176,11 @@ class Trainer:
         Ctrl-C or SIGTERM stops at the next optimizer step: the callbacks' ``on_interrupt`` run (the
         checkpoint callback writes one there) and :class:`TrainingInterrupted` is raised."""
         with StopSignals(defer=True) as stop:
-            self._fit(train_loader, val_loader, stop)
+            try:
+                self._fit(train_loader, val_loader, stop)
+            finally:
+                if self.unfreeze is not None:
+                    self.unfreeze.restore()  # the model leaves fit() as trainable as it came (train.freeze aside)
             if stop.signum is not None:
                 self._callbacks("on_interrupt")
                 self._callbacks("on_fit_end")
@@ -211,6 +221,7 @@ class Trainer:
         done = cfg.max_steps is not None and self.global_step >= cfg.max_steps
         while self.epoch < cfg.epochs and not self.should_stop and not done and stop.signum is None:
             model.train()
+            unfrozen = self.unfreeze.apply(self.epoch) if self.unfreeze is not None else None
             train_loader.set_epoch(self.epoch, self.batch_in_epoch)
             self._callbacks("on_epoch_start")
             started = time.perf_counter()
@@ -295,6 +306,8 @@ class Trainer:
                         logs[f"val_{key}"] = val[key]
             self._check_epoch(logs)
             logs["lr"] = self.optimizers[next(iter(self.optimizers))].param_groups[0]["lr"]
+            if unfrozen is not None:
+                logs["unfrozen_groups"] = unfrozen
             logs["samples_per_s"] = samples / max(elapsed, 1e-9)
             logs["time_s"] = elapsed
             self.epoch += 1
