@@ -22,6 +22,7 @@ from .registry import did_you_mean
 __all__ = [
     "Section",
     "DataConfig",
+    "LoRAConfig",
     "ModelConfig",
     "TaskConfig",
     "AugmentConfig",
@@ -78,6 +79,18 @@ class DataConfig(Section):
     limit: int | None = Field(None, ge=1, description="use only the first N training samples (quick trials)")
 
 
+class LoRAConfig(Section):
+    """Low-rank adapters beside the linear layers a fine-tuning adapts (layerwise.models.lora)."""
+
+    rank: int = Field(8, ge=1, description="r: the rank of each adapter (B A)")
+    alpha: float = Field(16.0, gt=0, description="the adapter's output is scaled by alpha / rank")
+    targets: list[str] = Field(default_factory=lambda: ["*c_attn", "*c_proj", "*c_fc"], min_length=1,
+                               description="glob patterns of linear layers' module names to adapt (by default the "
+                                           "attention and MLP projections of the transformer families; "
+                                           "`layerwise models show` lists the names)")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapter's input, in training")
+
+
 class ModelConfig(Section):
     """Keys every model family accepts; each family's schema adds its hyperparameters."""
 
@@ -88,6 +101,9 @@ class ModelConfig(Section):
     bags: int = Field(1, ge=1, le=32, description="members of a bag (Breiman 1996): each fitted on its own folds of the "
                       "training rows with early stopping on the fold left out, their predictions averaged; "
                       "classification and regression; see docs/tabular.md")
+    lora: LoRAConfig | None = Field(None, description="LoRA: train low-rank adapters beside the chosen linear layers "
+                                    "(and the head) instead of the whole model, merged into the weights for inference "
+                                    "and export: {rank: 8, alpha: 16}; see docs/transfer-learning.md")
 
 
 class TaskConfig(Section):

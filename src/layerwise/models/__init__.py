@@ -134,6 +134,10 @@ def build_model(config: ModelConfig, spec: DataSpec) -> LayerwiseModel:
         model = Bag.build(config, spec)
     else:
         model = cls(config, spec)
+    if getattr(config, "lora", None) is not None:
+        from .lora import add_lora
+
+        add_lora(model, config.lora)  # adapters beside the chosen linear layers (models/lora.py)
     check_output_shape(model, spec, f"model.family '{config.family}'")
     return model
 
@@ -188,4 +192,4 @@ def describe_family(name: str) -> dict[str, Any]:
     return {"family": name, "accepts": sorted(cls.accepts), "summary": doc[0] if doc else "", "params": params}
 
 
-import_submodules(__name__, skip=("bagging", "layers", "numeric_embeddings", "summary"))  # each family file registers itself
+import_submodules(__name__, skip=("bagging", "layers", "lora", "numeric_embeddings", "summary"))  # each family file registers itself

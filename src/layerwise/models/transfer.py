@@ -25,6 +25,7 @@ from ..core.errors import ConfigError, ModelError
 __all__ = ["load_initial_weights", "freeze", "parameters_matching", "layer_groups"]
 
 HEAD = "head."  # the contract's output layer (LayerwiseModel.head): re-initialised when it does not fit
+ADAPTER = "lora_"  # LoRA's adapter parameters (models/lora.py), which a source without them leaves as built
 
 
 def _weights_file(source: str | Path) -> Path:
@@ -64,12 +65,15 @@ def load_initial_weights(model: torch.nn.Module, source: str | Path) -> list[str
     if any(name.startswith("bag.") for name in tensors):  # models/bagging.py: K members side by side
         raise ModelError(f"model.init_from: {source} is a bag of members (model.bags); a start is one network's "
                          f"weights: train the source run with model.bags: 1")
+    tensors = _adapters_merged(tensors, metadata)
     own = model.state_dict()
     state, fresh, misfits = {}, [], []
     for name, tensor in own.items():
         theirs = tensors.get(name)
         if theirs is not None and theirs.shape == tensor.shape:
             state[name] = theirs.to(tensor.dtype)
+        elif name.rsplit(".", 1)[-1].startswith(ADAPTER) and theirs is None:
+            continue  # this model's LoRA adapters start as built (B = 0: the loaded model, unchanged)
         elif name.startswith(HEAD):
             fresh.append(name)  # another label set, or no head in the file: this layer starts from scratch
         else:
@@ -81,6 +85,19 @@ def load_initial_weights(model: torch.nn.Module, source: str | Path) -> list[str
                          f"build the same architecture as that run (only the head may differ)")
     model.load_state_dict({**own, **state})
     return [f"head re-initialised ({', '.join(fresh)}): its shape differs from {source}'s"] if fresh else []
+
+
+def _adapters_merged(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> dict[str, torch.Tensor]:
+    """A LoRA run's weights with its adapters folded in (what it predicts with), else as they are."""
+    import json
+
+    from ..core.config import LoRAConfig
+    from .lora import ADAPTER, merged_weights
+
+    if not any(name.rsplit(".", 1)[-1].startswith(ADAPTER) for name in tensors):
+        return tensors
+    lora = json.loads(metadata.get("model_config", "{}")).get("lora") or {}
+    return merged_weights(tensors, LoRAConfig(**lora))
 
 
 def parameters_matching(model: torch.nn.Module, patterns, key: str) -> dict[str, list[str]]:

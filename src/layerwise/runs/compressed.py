@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from ..core.errors import RunError
 from ..models import build_model
+from ..models.lora import merge_lora
 from ..ops import prune as pruning
 from ..ops import quantize as quant
 from ..train.checkpoint import state_mismatch
@@ -73,7 +74,7 @@ def load_compressed_model(run):
             raise RunError(f"{path}: a pickled ExportedProgram (torch.export.load can run code from it); {OPT_IN}, "
                            f"or compress the original run again with this layerwise (which saves safetensors)")
         return quant.load_program(path, run.config.model, run.spec)
-    net = build_model(run.config.model, run.spec)
+    net = merge_lora(build_model(run.config.model, run.spec))  # what was compressed: LoRA folded in (run.py)
     if fmt == "pt2e-int8":
         options = info.get("options")
         mode = options.get("quantize") if isinstance(options, dict) else None

@@ -72,6 +72,11 @@ def prepare_bundle(config: ExperimentConfig, bundle: DataBundle, model: torch.nn
         for i, network in enumerate(networks):
             said = load_initial_weights(network, config.model.init_from)
             notes += said if i == 0 else []  # the members say the same
+    if config.model.lora is not None:  # LoRA: the adapters and the head train, the rest stays as loaded
+        from ..models.lora import train_only_adapters
+
+        trainable, total = train_only_adapters(net)
+        notes.append(f"LoRA: {trainable:,} of {total:,} parameters train (the adapters and the head)")
     if config.train.freeze:
         from ..models.transfer import freeze
 

@@ -124,8 +124,7 @@ class Run:
             else:  # which of the two files is the other run's cannot be told: both are named
                 fix = f"one of the two files is another run's: restore the run's own, or {resume}"
             raise run_file_error(weights, f"the weights do not fit {model} ({state_mismatch(exc)})", fix) from exc
-        net.eval()
-        return net
+        return merged_for_inference(net)
 
     @property
     def history(self) -> list[dict[str, Any]]:
@@ -225,6 +224,14 @@ def _num(text: str) -> Any:
     except (TypeError, ValueError):
         return text
     return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value
+
+
+def merged_for_inference(net: torch.nn.Module) -> torch.nn.Module:
+    """The model in eval mode, LoRA adapters folded into their layers (models/lora.py): every tool
+    that takes a run's model (export, serve, compress, explain) sees plain linear layers."""
+    from ..models.lora import merge_lora
+
+    return merge_lora(net).eval()
 
 
 def load_run(path: str | Path, trust_code: bool = False) -> Run:

@@ -38,7 +38,7 @@ from .config import load_config
 from .prepare import Prepared, loaders, prepare, prepare_bundle
 from .recipes import applies, describe_recipe, named_family
 from .resume import RecordResume, resume_changes
-from .run import Run
+from .run import Run, merged_for_inference
 from .selection import Candidate, candidates, choose
 from .rundir import RunLock, create_run_dir
 from .trust import check_model_code
@@ -328,7 +328,7 @@ def _finish(run_dir, cfg, bundle, task, net, trainer, device, energy, duration: 
     ``bundle.train`` (a bag's), for the baselines to learn from the same."""
     save_model(run_dir / "model.safetensors", net, cfg, bundle.spec)
     run = Run(run_dir)
-    run._model = net.eval()
+    run._model = merged_for_inference(net)  # after saving: model.safetensors keeps LoRA's adapters apart
     run._data = bundle  # the report reuses it rather than reading the data again
     split = _scored_split(cfg, bundle)
     result = run._evaluate_split(bundle, split, device)

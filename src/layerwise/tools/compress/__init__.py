@@ -158,6 +158,7 @@ def _compress_model(run, original, quantize, prune, sparsity, iterative, example
         info["format"], info["model_file"], info["state_file"] = "pt2e-int8", "model.pt2", "int8.safetensors"
         return graph.converted, graph.state
     from ...models import build_model
+    from ...models.lora import merge_lora
 
     model = run.load_model().cpu()  # a fresh copy: pruning edits it in place
     if prune == "magnitude":
@@ -166,7 +167,8 @@ def _compress_model(run, original, quantize, prune, sparsity, iterative, example
     else:
         compressed = pruning.prune_structured(model, sparsity, iterative, example, finetune)
         info["format"] = "pruned"
-        info["pruned_shapes"] = pruning.pruned_shapes(build_model(run.config.model, run.spec), compressed)
+        fresh = merge_lora(build_model(run.config.model, run.spec))  # the architecture run.load_model() gives
+        info["pruned_shapes"] = pruning.pruned_shapes(fresh, compressed)
     info["model_file"] = "model.safetensors"
     info["layer_sparsity"] = pruning.layer_sparsity(compressed)
     info["global_sparsity"] = pruning.global_sparsity(compressed)
