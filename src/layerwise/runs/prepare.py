@@ -123,15 +123,20 @@ def _check_monitors(config: ExperimentConfig, task) -> None:
             raise ConfigError(f"{key}: watches a validation metric but data.val_fraction is 0")
 
 
-def loaders(bundle: DataBundle, cfg: ExperimentConfig, device: torch.device):
-    """Training loader (shuffled, augmented, maybe weighted) and a validation loader."""
+def loaders(bundle: DataBundle, cfg: ExperimentConfig, device: torch.device, task=None):
+    """Training loader (shuffled, augmented, maybe weighted) and a validation loader; ``task``'s own
+    when it draws batches its own way (:meth:`Task.loader`: a few-shot task's episodes)."""
+    transform = bundle.preprocessor.inputs.batch
+    own = task.loader(bundle.train, "train", cfg, transform, device) if task is not None else None
+    if own is not None:
+        has_val = bundle.val is not None and len(bundle.val)
+        return own, task.loader(bundle.val, "val", cfg, transform, device) if has_val else None
     weights = None
     if cfg.data.sampler == "weighted":
         if bundle.spec.target != "class":
             raise ConfigError("data.sampler: 'weighted' needs class labels; use 'random' for regression")
         counts = torch.bincount(bundle.train.y, minlength=bundle.spec.num_classes).float().clamp_(min=1)
         weights = (1.0 / counts)[bundle.train.y]
-    transform = bundle.preprocessor.inputs.batch
     train = BatchLoader(bundle.train, cfg.train.batch_size, shuffle=True, seed=cfg.train.seed, transform=transform,
                         train=True, weights=weights, device=device)
     val = None

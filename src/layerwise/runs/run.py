@@ -156,12 +156,14 @@ class Run:
     # -- actions -----------------------------------------------------------------------------
     def _evaluate_split(self, bundle: DataBundle, split: str, device=None) -> EvalResult:
         # misclassified examples are kept by index into the split, for the report's grid
-        return self._score(bundle.split(split), device, keep_misclassified=self.config.evaluate.misclassified)
+        return self._score(bundle.split(split), device, keep_misclassified=self.config.evaluate.misclassified,
+                           name=split)
 
-    def _score(self, split: Split, device=None, keep_misclassified: int = 0) -> EvalResult:
+    def _score(self, split: Split, device=None, keep_misclassified: int = 0, name: str = "external") -> EvalResult:
         device = device or resolve_device(self.config.train.device)
-        loader = BatchLoader(split, self.config.evaluate.batch_size, transform=self.preprocessing.inputs.batch,
-                             device=device)
+        transform = self.preprocessing.inputs.batch
+        loader = self.task.loader(split, name, self.config, transform, device) or BatchLoader(
+            split, self.config.evaluate.batch_size, transform=transform, device=device)
         return evaluate_model(self.model.to(device), self.task, loader, self.config.evaluate,
                               keep_misclassified=keep_misclassified, precision=self.config.train.precision, final=True)
 

@@ -137,7 +137,7 @@ def train(config: str | Path | Mapping[str, Any] | ExperimentConfig | None = Non
                                   initialise=resume is None)
         cfg, task, net = prepared.config, prepared.task, prepared.model
         device = resolve_device(cfg.train.device)
-        train_loader, val_loader = loaders(bundle, cfg, device)
+        train_loader, val_loader = loaders(bundle, cfg, device, task)
         energy = None if cfg.train.energy == "off" else EnergyCallback(device, cfg.train.energy, cfg.train.energy_country)
 
         if resume is None:

@@ -112,6 +112,11 @@ class Task:
         """Turn sums accumulated over an epoch into metrics (means by default)."""
         return {k: v / max(count, 1e-12) for k, v in sums.items()}
 
+    def loader(self, split, name: str, cfg, transform, device) -> Any:
+        """The batches of ``split`` (``name``: train, val, test, or external for other labelled data)
+        when this task draws them its own way (a few-shot task's episodes); None: the usual batches."""
+        return None
+
     def callbacks(self, run_dir) -> list:
         """Callbacks this task adds to a training run (a language model's sample text per epoch)."""
         return []

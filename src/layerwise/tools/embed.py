@@ -44,11 +44,19 @@ def encodes(run) -> bool:
     return has_ability(FAMILIES.get(run.config.model.family), LatentEncoder)
 
 
+def embeds(run) -> bool:
+    """Whether a run's task makes its model's features the product (a few-shot task's embedding)."""
+    from ..tasks import TASKS
+
+    return bool(getattr(TASKS.get(run.config.task), "embeds", False))
+
+
 def check_encoder(run, verb: str = "embed") -> None:
-    if not encodes(run):
+    if not encodes(run) and not (verb == "embed" and embeds(run)):
         families = " or ".join(families_with(LatentEncoder))
+        also = " or a prototypical (few-shot) run" if verb == "embed" else ""
         raise RunError(f"{verb}: {run.path} is a '{run.config.task}' run; {verb} needs an {families} run "
-                       f"(model.family: {families})")
+                       f"(model.family: {families}){also}")
 
 
 def encode_codes(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -74,7 +82,8 @@ def _codes(run, x: torch.Tensor) -> np.ndarray:
     model = run.model.cpu().eval()
     loader = BatchLoader(Split(x, torch.zeros(len(x), dtype=torch.long)), run.config.evaluate.batch_size,
                          transform=run.preprocessing.inputs.batch, device=torch.device("cpu"))
-    parts = [encode_codes(model, xb).float() for xb, _ in loader]
+    encode = encode_codes if encodes(run) else (lambda m, xb: m.forward_features(xb).flatten(1))  # few-shot: features
+    parts = [encode(model, xb).float() for xb, _ in loader]
     return torch.cat(parts).numpy() if parts else np.zeros((0, 0), dtype=np.float32)
 
 
@@ -87,7 +96,7 @@ class EmbedOptions(ToolOptions):
 
 @register_tool("embed", EmbedOptions)
 def embed(run, options: EmbedOptions) -> EmbedResult:
-    """Latent codes of INPUT (autoencoder / vae runs) into a CSV: id, z0, z1, ...
+    """Latent codes of INPUT (autoencoder / vae runs; the embedding of a prototypical run) into a CSV: id, z0, z1, ...
 
     Returns the codes (N, latent) for inputs in any form ``predict`` reads; ``out`` writes a CSV."""
     source, out = options.inputs, options.out
