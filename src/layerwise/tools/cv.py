@@ -95,12 +95,13 @@ def cross_validate(config: str | Path | Mapping[str, Any] | ExperimentConfig | N
                             lambda trainer, train_loader, val_loader: trainer.fit(train_loader, val_loader), None,
                             (lambda line: None) if quiet else print)
         else:
-            train_loader, val_loader = loaders(bundle, prepared.config, device)
+            train_loader, val_loader = loaders(bundle, prepared.config, device, prepared.task)
             trainer = Trainer(prepared.model, prepared.task, prepared.config.train, device=device,
                               eval_cfg=cfg.evaluate, callbacks=stopping(prepared.config, prepared.task))
             trainer.fit(train_loader, val_loader)
-        test_loader = BatchLoader(bundle.test, cfg.evaluate.batch_size, transform=bundle.preprocessor.inputs.batch,
-                                  device=device)
+        transform = bundle.preprocessor.inputs.batch
+        test_loader = prepared.task.loader(bundle.test, "test", prepared.config, transform, device) or BatchLoader(
+            bundle.test, cfg.evaluate.batch_size, transform=transform, device=device)  # a task's own: episodes
         metrics = dict(evaluate_model(prepared.model, prepared.task, test_loader, cfg.evaluate))
         results.append(metrics)
         if not quiet:
