@@ -6,11 +6,23 @@
     95% interval over episodes. Beside it, on the very same episodes: nearest class mean on raw
     pixels, and on the features of the same CNN with random weights (what the training adds).
 
-The other parts of the issue, (a) fine-tuning vs training from scratch at 1/10/100% of the labels,
-(b) SimCLR/MAE probes, (c) image-text retrieval and (e) split-MNIST continual learning, arrive with
-their features.
+(a) Fine-tuning against training from scratch: a CNN trained on one data set (MNIST's first 10,000
+    training images, or the bundled 8x8 digits) is fine-tuned (every layer, a fresh head) on the other
+    with 1%, 10% and 100% of its training labels (MNIST: of those 10,000) (``data.limit``: the first N of the shuffled
+    training split; validation and test splits unchanged), against the same CNN from random weights
+    with the same epochs, learning rate and early stopping. The convolutions and global pooling make
+    the weights fit either image size.
 
-    python benchmarks/paradigms.py --parts d [--mnist ../shared/data/mnist]
+(b) Self-supervised pretraining on MNIST: SimCLR (a CNN) and MAE (a ViT, 4x4 patches) pretrained
+    without labels on the first ``--pretrain-rows`` training images, then frozen; a linear probe and
+    a k-NN classifier (``layerwise probe``) fitted on 1%, 10% and 100% of the labels of those
+    images (stratified, mean of 3 draws below 100%) and scored on the first 5,000 t10k images.
+    Beside each, on the very same samples: raw pixels, and the same architecture with random weights.
+
+The other parts of the issue, (c) image-text retrieval and (e) split-MNIST continual learning
+(benchmarks/continual.py), arrive with their features.
+
+    python benchmarks/paradigms.py --parts a,b,d [--mnist ../shared/data/mnist]
 """
 
 from __future__ import annotations
@@ -63,18 +75,89 @@ def few_shot(mnist: Path, runs: Path, epochs: int, episodes: int) -> None:
         print(f"| {name} | {cells[0]} | {cells[1]} | {time_s} |")
 
 
+def fine_tuning(mnist: Path, runs: Path, epochs: int) -> None:
+    import layerwise
+
+    cnn = {"family": "cnn", "channels": [32, 64], "convs_per_block": 1}
+    # MNIST's labels: a pool of its first 10,000 (shuffled) training images, as in (b), to keep it minutes
+    sets = {"MNIST": ({"source": "idx", "path": str(mnist), "val_fraction": 0.05}, 10_000, 10_000),
+            "digits": ({"source": "builtin", "name": "digits"}, 1_294, None)}
+    train = {"epochs": epochs, "batch_size": 64, "lr": 0.001, "progress": False,
+             "early_stopping": {"monitor": "val_loss", "patience": 3}}
+    sources = {}
+    for name, (data, _, pool) in sets.items():
+        limited = {**data, "limit": pool} if pool else data
+        sources[name] = layerwise.train({"name": f"paradigms-source-{name}", "data": limited, "model": cnn,
+                                         "train": train, "evaluate": {"baselines": False}}, runs_dir=runs, quiet=True)
+        print(f"source {name}: test accuracy {sources[name].metrics['metrics']['accuracy']:.3f} ({sources[name].path})")
+    print(f"\n(a) fine-tuning every layer of a CNN trained on the other set vs the same CNN from random weights; "
+          f"{epochs} epochs at most, Adam lr 0.001, batch 64, early stopping on validation loss (patience 3, best "
+          f"weights); test accuracy on the target's own test split\n")
+    print("| target | labels | from scratch | fine-tuned | pretrained on |")
+    print("| --- | --- | --- | --- | --- |")
+    for target, (data, rows, _) in sets.items():
+        source = next(n for n in sets if n != target)
+        for share in (0.01, 0.1, 1.0):
+            limit = max(10, round(share * rows))
+            scores = []
+            for init in (None, str(sources[source].path)):
+                run = layerwise.train({"name": f"paradigms-{target}-{share}", "data": {**data, "limit": limit},
+                                       "model": {**cnn, "init_from": init}, "train": train,
+                                       "evaluate": {"baselines": False}}, runs_dir=runs, quiet=True)
+                scores.append(run.metrics["metrics"]["accuracy"])
+            print(f"| {target} | {limit} ({share:.0%}) | {scores[0]:.3f} | {scores[1]:.3f} | {source} |")
+
+
+def self_supervised(mnist: Path, runs: Path, epochs: int, rows: int) -> None:
+    import layerwise
+
+    data = {"source": "idx", "path": str(mnist), "limit": rows, "val_fraction": 0.05}
+    methods = {
+        "SimCLR (CNN 32-64)": ({"family": "cnn", "channels": [32, 64], "convs_per_block": 1},
+                               {"name": "contrastive", "method": "simclr", "temperature": 0.5,
+                                "augment": {"shift": 0.1, "rotation": 15, "scale": 0.25, "noise": 0.1}}),
+        "MAE (ViT 64 x 4, 4x4 patches)": ({"family": "vit", "width": 64, "layers": 4, "heads": 4, "patch_size": 4},
+                                          {"name": "masked_autoencoder", "mask_ratio": 0.75, "decoder_width": 64,
+                                           "decoder_layers": 2}),
+    }
+    print(f"\n(b) MNIST: pretrained without labels on the first {rows} training images ({epochs} epochs, batch 256, "
+          f"Adam lr 0.002), frozen; probes on 1/10/100% of those images' labels, scored on the first 5,000 t10k "
+          f"images\n")
+    for name, (model, task) in methods.items():
+        started = time.perf_counter()
+        run = layerwise.train({"name": "paradigms-" + task["name"], "data": data, "model": model, "task": task,
+                               "train": {"epochs": epochs, "batch_size": 256, "lr": 0.002, "progress": False}},
+                              runs_dir=runs, quiet=True)
+        seconds = time.perf_counter() - started
+        result = run.probe(budgets=[0.01, 0.1, 1.0], max_train=rows, max_test=5000, draws=3)
+        print(f"{name}: pretraining {seconds:.0f} s, run {run.path}; test {run.metrics['metrics']}\n")
+        print("| representation | labels | linear probe | k-NN |")
+        print("| --- | --- | --- | --- |")
+        for row in result.rows:
+            print(f"| {row['representation']} | {row['labels']} ({row['budget']:.0%}) | {row['linear']:.3f} | "
+                  f"{row['knn']:.3f} |")
+        print()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", default="d", help="comma-separated parts to run (built so far: d)")
+    parser.add_argument("--parts", default="a,b,d", help="comma-separated parts to run (built so far: a, b, d)")
     parser.add_argument("--mnist", type=Path, default=ROOT.parent / "shared" / "data" / "mnist")
     parser.add_argument("--runs", type=Path, default=Path("/tmp/layerwise-paradigms"))
     parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--episodes", type=int, default=100, help="training episodes per epoch")
+    parser.add_argument("--episodes", type=int, default=100, help="(d) training episodes per epoch")
+    parser.add_argument("--finetune-epochs", type=int, default=5, help="(a) epochs of every fine-tuning and scratch run")
+    parser.add_argument("--ssl-epochs", type=int, default=8, help="(b) pretraining epochs")
+    parser.add_argument("--pretrain-rows", type=int, default=10000, help="(b) MNIST training images pretrained on")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
-    unknown = parts - {"d"}
+    unknown = parts - {"a", "b", "d"}
     if unknown:
-        parser.error(f"parts not built yet: {', '.join(sorted(unknown))}; built: d")
+        parser.error(f"parts not built yet: {', '.join(sorted(unknown))}; built: a, b, d")
+    if "a" in parts:
+        fine_tuning(args.mnist, args.runs, args.finetune_epochs)
+    if "b" in parts:
+        self_supervised(args.mnist, args.runs, args.ssl_epochs, args.pretrain_rows)
     if "d" in parts:
         few_shot(args.mnist, args.runs, args.epochs, args.episodes)
 

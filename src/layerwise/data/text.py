@@ -50,6 +50,8 @@ __all__ = ["TABLE_SUFFIXES", "TextConfig", "TextPreprocessor", "TextSource", "re
 
 TABLE_SUFFIXES = {".csv", ".tsv", ".parquet", ".pq"}  # read as tables; any other file is plain text
 BYTE_ALPHABET = 256
+# tasks that read a text as blocks of tokens (no labels): next-token and masked-token prediction
+BLOCK_TASKS = ("language_model", "masked_lm")
 SPECIALS = ["<pad>", "<unk>"]  # char vocabulary: ids 0 and 1; BPE needs only <pad> (bytes cover everything)
 
 
@@ -318,14 +320,14 @@ class TextSource(DataSource):
 
             frame = read_table(path, cfg.delimiter)
             texts = table_texts(frame, cfg, str(path))
-            if task == "language_model":
+            if task == "language_model":  # a masked LM reads a labelled table as its lines, as fine-tuning will
                 text = "\n".join(texts)
                 if not text.strip():
                     raise DataError(f"data.path: {path} is empty (column '{cfg.text_column}' holds no text); "
                                     f"point data.path at another file")
                 return language_model_bundle(text, cfg, str(path))
             return super().load(cfg, task)
-        if task not in (None, "language_model"):
+        if task is not None and task not in BLOCK_TASKS:
             raise DataError(f"data.path: {path} is plain text without labels, and task '{task}' needs them; give a "
                             f"CSV with data.text_column and data.label_column, or use task: language_model")
         return language_model_bundle(read_text(path), cfg, str(path))

@@ -25,6 +25,7 @@ from ..core.errors import ConfigError, ModelError
 __all__ = ["load_initial_weights", "freeze", "parameters_matching", "layer_groups"]
 
 HEAD = "head."  # the contract's output layer (LayerwiseModel.head): re-initialised when it does not fit
+PRETEXT = "pretext."  # a self-supervised run's projection head or decoder (Task.extend_model): not carried over
 ADAPTER = "lora_"  # LoRA's adapter parameters (models/lora.py), which a source without them leaves as built
 
 
@@ -65,7 +66,7 @@ def load_initial_weights(model: torch.nn.Module, source: str | Path) -> list[str
     if any(name.startswith("bag.") for name in tensors):  # models/bagging.py: K members side by side
         raise ModelError(f"model.init_from: {source} is a bag of members (model.bags); a start is one network's "
                          f"weights: train the source run with model.bags: 1")
-    tensors = _adapters_merged(tensors, metadata)
+    tensors = {name: t for name, t in _adapters_merged(tensors, metadata).items() if not name.startswith(PRETEXT)}
     own = model.state_dict()
     state, fresh, misfits = {}, [], []
     for name, tensor in own.items():

@@ -87,6 +87,7 @@ def prepare_bundle(config: ExperimentConfig, bundle: DataBundle, model: torch.nn
 
         parameters_matching(networks[0], config.train.layer_lr_scale, "train.layer_lr_scale")
     task.check_model(net)
+    task.extend_model(net)
     _check_monitors(config, task)
     # refuses what it cannot attack
     task = adversarial_task(task, getattr(options, "adversarial_training", None), bundle)
@@ -127,19 +128,18 @@ def loaders(bundle: DataBundle, cfg: ExperimentConfig, device: torch.device, tas
     """Training loader (shuffled, augmented, maybe weighted) and a validation loader; ``task``'s own
     when it draws batches its own way (:meth:`Task.loader`: a few-shot task's episodes)."""
     transform = bundle.preprocessor.inputs.batch
-    own = task.loader(bundle.train, "train", cfg, transform, device) if task is not None else None
-    if own is not None:
-        has_val = bundle.val is not None and len(bundle.val)
-        return own, task.loader(bundle.val, "val", cfg, transform, device) if has_val else None
-    weights = None
-    if cfg.data.sampler == "weighted":
-        if bundle.spec.target != "class":
-            raise ConfigError("data.sampler: 'weighted' needs class labels; use 'random' for regression")
-        counts = torch.bincount(bundle.train.y, minlength=bundle.spec.num_classes).float().clamp_(min=1)
-        weights = (1.0 / counts)[bundle.train.y]
-    train = BatchLoader(bundle.train, cfg.train.batch_size, shuffle=True, seed=cfg.train.seed, transform=transform,
-                        train=True, weights=weights, device=device)
-    val = None
-    if bundle.val is not None and len(bundle.val):
+    has_val = bundle.val is not None and len(bundle.val)
+    train = task.loader(bundle.train, "train", cfg, transform, device) if task is not None else None
+    val = task.loader(bundle.val, "val", cfg, transform, device) if task is not None and has_val else None
+    if train is None:
+        weights = None
+        if cfg.data.sampler == "weighted":
+            if bundle.spec.target != "class":
+                raise ConfigError("data.sampler: 'weighted' needs class labels; use 'random' for regression")
+            counts = torch.bincount(bundle.train.y, minlength=bundle.spec.num_classes).float().clamp_(min=1)
+            weights = (1.0 / counts)[bundle.train.y]
+        train = BatchLoader(bundle.train, cfg.train.batch_size, shuffle=True, seed=cfg.train.seed,
+                            transform=transform, train=True, weights=weights, device=device)
+    if val is None and has_val:
         val = BatchLoader(bundle.val, cfg.evaluate.batch_size, transform=transform, device=device)
     return train, val

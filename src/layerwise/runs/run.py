@@ -77,6 +77,7 @@ class Run:
                 options = options.model_copy(update={"class_weight": self._class_weight})  # 'balanced' as resolved
             self._task = TASKS.get(self.config.task)(self.spec, self.config.train, self.preprocessing, None,
                                                      config=options)
+            self._task.run_dir = self.path  # what the task keeps in its run (a continual run's weights by experience)
         return self._task
 
     @property
@@ -114,6 +115,7 @@ class Run:
                                  f"missing, and {weights.name} holds compressed weights ({metadata['format']})",
                                  f"restore it from a copy of the run, or {RECOMPRESS}")
         net = wrap_module(module, self.spec) if module is not None else build_model(self.config.model, self.spec)
+        self.task.extend_model(net)  # a pretraining task's projection head or decoder, saved with the model
         try:
             net.load_state_dict(tensors)
         except RuntimeError as exc:

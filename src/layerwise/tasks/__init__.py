@@ -77,6 +77,12 @@ class Task:
     def check_model(self, model: torch.nn.Module) -> None:
         """Refuse, with one line, a model this task cannot train (called before any file is written)."""
 
+    def extend_model(self, model: torch.nn.Module) -> None:
+        """Add the modules this task trains beside the model (a self-supervised task's projection head or
+        decoder) as ``model.pretext``, so that the optimizer, checkpoints, resume and the saved weights
+        hold them like any layer. Called on the built model in training and before loading a run's
+        weights; ``model.forward`` and ``forward_features`` stay the family's."""
+
     # -- optimization -------------------------------------------------------------------------
     def configure_optimizers(self, model: torch.nn.Module) -> dict[str, Any]:
         """Optimizers by name: a parameter list each, or ``{"params": [...], "lr": 2e-4, ...}``

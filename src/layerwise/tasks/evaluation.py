@@ -139,7 +139,9 @@ def evaluate_model(model: torch.nn.Module, task, loader, eval_cfg, *, keep_miscl
             seen += len(y)
     result = evaluator.compute(task.spec.class_names)
     if final:
-        result.update(task.final_metrics(model, loader, eval_cfg))
+        extra = task.final_metrics(model, loader, eval_cfg)
+        result.update(extra)
+        result.details.update(getattr(extra, "details", {}))  # an EvalResult's details too (a continual accuracy matrix)
     model.train(was_training)
     result["loss"] = loss_sum / max(count, 1e-12)
     if wrong:

@@ -54,7 +54,8 @@ def embeds(run) -> bool:
 def check_encoder(run, verb: str = "embed") -> None:
     if not encodes(run) and not (verb == "embed" and embeds(run)):
         families = " or ".join(families_with(LatentEncoder))
-        also = " or a prototypical (few-shot) run" if verb == "embed" else ""
+        also = " or a run whose task learns an embedding (prototypical, contrastive, masked_autoencoder, masked_lm)" \
+            if verb == "embed" else ""
         raise RunError(f"{verb}: {run.path} is a '{run.config.task}' run; {verb} needs an {families} run "
                        f"(model.family: {families}){also}")
 
@@ -96,7 +97,7 @@ class EmbedOptions(ToolOptions):
 
 @register_tool("embed", EmbedOptions)
 def embed(run, options: EmbedOptions) -> EmbedResult:
-    """Latent codes of INPUT (autoencoder / vae runs; the embedding of a prototypical run) into a CSV: id, z0, z1, ...
+    """Latent codes of INPUT (autoencoder / vae runs; the features of a few-shot or pretraining run) into a CSV: id, z0, z1, ...
 
     Returns the codes (N, latent) for inputs in any form ``predict`` reads; ``out`` writes a CSV."""
     source, out = options.inputs, options.out

@@ -53,7 +53,7 @@ class ImagePreprocessor:
         generator = None
         if train and self.augment:
             generator = torch.Generator().manual_seed(seed) if seed is not None else None
-            x = _augment(x, self.augment, generator)
+            x = random_affine(x, self.augment, generator)
         x = self.normalize_pixels(x)
         if train and self.augment and self.augment.get("noise"):
             noise = torch.randn(x.shape, generator=generator).to(x.device)
@@ -90,7 +90,7 @@ class ImagePreprocessor:
         return pre
 
 
-def _augment(x: torch.Tensor, cfg: dict, generator: torch.Generator | None) -> torch.Tensor:
+def random_affine(x: torch.Tensor, cfg: dict, generator: torch.Generator | None) -> torch.Tensor:
     """Random shift, rotation, zoom and flip of a batch in one affine resampling (vectorized)."""
     n = x.shape[0]
 
