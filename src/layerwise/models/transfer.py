@@ -8,7 +8,8 @@ by layerwise: every tensor whose name and shape fit this model is loaded; the ou
 any other layer that does not fit is a one-line error naming it, rather than a silent partial load.
 
 ``train.freeze`` lists glob patterns over parameter names (``features.*``, ``inputs.*``): matching
-parameters keep their loaded values (``requires_grad`` off; the optimizer skips them). A pattern
+parameters keep their loaded values (``requires_grad`` off; the optimizer skips them), and frozen
+batch-norm layers keep their statistics (inference mode, :func:`hold_frozen_norms`). A pattern
 that matches nothing is refused with the model's top-level modules, so a typo never trains
 everything silently.
 """
@@ -22,7 +23,7 @@ import torch
 
 from ..core.errors import ConfigError, ModelError
 
-__all__ = ["load_initial_weights", "freeze", "parameters_matching", "layer_groups"]
+__all__ = ["load_initial_weights", "freeze", "parameters_matching", "layer_groups", "hold_frozen_norms"]
 
 HEAD = "head."  # the contract's output layer (LayerwiseModel.head): re-initialised when it does not fit
 PRETEXT = "pretext."  # a self-supervised run's projection head or decoder (Task.extend_model): not carried over
@@ -128,6 +129,23 @@ def freeze(model: torch.nn.Module, patterns: list[str]) -> int:
         raise ConfigError(f"train.freeze: {', '.join(patterns)} freezes every parameter; leave at least the head "
                           f"trainable (e.g. freeze 'body.*' only, not 'head.*')")
     return frozen
+
+
+def hold_frozen_norms(model: torch.nn.Module) -> int:
+    """Batch-norm layers whose scale and shift are frozen run in inference mode: they normalise with
+    the statistics they were loaded with and do not update them (Keras's rule for a non-trainable
+    BatchNormalization). A frozen layer whose statistics drifted to the new data would no longer be
+    the layer that was loaded. A task's pretext modules are left alone (BYOL's target network
+    normalises with its batch). Call after ``model.train()``; returns how many layers it held."""
+    held = 0
+    for name, module in model.named_modules():
+        if name.startswith(PRETEXT[:-1]) or not isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            continue
+        weights = [p for p in module.parameters(recurse=False)]
+        if weights and not any(p.requires_grad for p in weights):
+            module.eval()
+            held += 1
+    return held
 
 
 def layer_groups(model: torch.nn.Module) -> list[list[str]]:

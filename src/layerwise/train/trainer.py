@@ -20,6 +20,7 @@ from ..core.errors import TrainingDivergedError, TrainingInterrupted
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .interrupt import StopSignals, signal_name
 from .optim import Schedule, make_optimizer, make_schedule, scaled_groups
+from ..models.transfer import hold_frozen_norms
 from .unfreeze import UnfreezeSchedule
 
 __all__ = ["Trainer", "StepContext"]
@@ -222,6 +223,7 @@ class Trainer:
         while self.epoch < cfg.epochs and not self.should_stop and not done and stop.signum is None:
             model.train()
             unfrozen = self.unfreeze.apply(self.epoch) if self.unfreeze is not None else None
+            hold_frozen_norms(model)  # frozen batch norms keep the statistics they were loaded with
             train_loader.set_epoch(self.epoch, self.batch_in_epoch)
             self._callbacks("on_epoch_start")
             started = time.perf_counter()
