@@ -41,11 +41,9 @@ from ..core.errors import ConfigError
 from ..data.kinds import input_kind
 from ..data.views import corrupt_features, image_view
 from . import StepOutput, Task, register_task
+from .pretext import EVAL_SEED, MeanEvaluator, feature_size, predict_error, view_seed
 
-__all__ = ["Contrastive", "ContrastiveConfig", "nt_xent", "PairAccuracy", "projection_mlp", "view_seed",
-           "pretraining_predict_error"]
-
-EVAL_VIEW_SEED = 0  # validation and test views: the same distortions every time, so losses compare
+__all__ = ["Contrastive", "ContrastiveConfig", "nt_xent", "projection_mlp"]
 
 
 class ContrastiveConfig(TaskConfig):
@@ -88,34 +86,6 @@ def projection_mlp(features: int, hidden: int, out: int) -> nn.Sequential:
                          nn.Linear(hidden, out))
 
 
-def view_seed(train_cfg, ctx) -> int:
-    """A training batch's view seed: a pure function of the run's seed, the epoch and the batch."""
-    trainer = ctx.trainer
-    return (train_cfg.seed * 1_000_003 + trainer.epoch) * 100_003 + trainer.batch_in_epoch + 7
-
-
-def pretraining_predict_error(task: str) -> ConfigError:
-    return ConfigError(f"task {task}: a pretraining run predicts no labels; fine-tune it on labelled data "
-                       f"(model.init_from: RUN_DIR), measure its features (`layerwise probe RUN`) or embed inputs "
-                       f"(`layerwise embed RUN INPUT`)")
-
-
-class PairAccuracy:
-    """Streams the share of views whose nearest other view is their partner."""
-
-    def __init__(self):
-        self.correct, self.count = 0.0, 0
-
-    def update(self, outputs: torch.Tensor, y=None, x=None) -> None:
-        self.correct += float(outputs.float().sum())
-        self.count += outputs.numel()
-
-    def compute(self, class_names=None):
-        from .evaluation import EvalResult
-
-        return EvalResult({"pair_accuracy": self.correct / max(self.count, 1)}, {"views": self.count})
-
-
 @register_task("contrastive")
 class Contrastive(Task):
     target = None  # labels are never read: any data with inputs
@@ -138,7 +108,7 @@ class Contrastive(Task):
 
     def extend_model(self, model: torch.nn.Module) -> None:
         c = self.config
-        width = _feature_size(model)
+        width = feature_size(model)
         hidden = c.projection_hidden or width
         pretext = nn.Module()
         if c.method == "byol":  # the target copies the online network as it starts (init_from included)
@@ -225,7 +195,7 @@ class Contrastive(Task):
             group = x[start:start + size]
             if len(group) < 2:  # one sample has no other view to tell from its partner
                 break
-            v1, v2 = self.views(group, EVAL_VIEW_SEED + start)
+            v1, v2 = self.views(group, EVAL_SEED + start)
             loss, hits = self._losses(model, v1, v2)
             losses.append(loss * len(group))
             counts.append(len(group))
@@ -235,21 +205,12 @@ class Contrastive(Task):
         return StepOutput(torch.stack(losses).sum() / sum(counts), sum(counts), torch.cat(correct))
 
     def predict(self, outputs):
-        raise pretraining_predict_error("contrastive")
+        raise predict_error("contrastive")
 
     def evaluator(self, eval_cfg):
-        return PairAccuracy()
+        return MeanEvaluator("pair_accuracy", "views")
 
 
 def _byol(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """2 - 2 cos(prediction, target) per sample: the squared distance of the two unit vectors."""
     return 2 - 2 * F.cosine_similarity(prediction.float(), target.float(), dim=1)
-
-
-@torch.no_grad()
-def _feature_size(model: torch.nn.Module) -> int:
-    """The size of ``forward_features`` (the head's input for the model contract, else one probe batch)."""
-    head = getattr(model, "head", None)
-    if isinstance(head, nn.Linear):
-        return head.in_features
-    return int(model.forward_features(torch.zeros(2, *model.spec.input_shape)).flatten(1).shape[1])

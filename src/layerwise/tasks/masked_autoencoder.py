@@ -38,11 +38,10 @@ from ..data.kinds import input_kind
 from ..data.views import mask_patches
 from ..models.layers import Block
 from . import StepOutput, Task, register_task
-from .contrastive import _feature_size, pretraining_predict_error, view_seed
+from .pretext import EVAL_SEED, MeanEvaluator, feature_size, predict_error, view_seed
 
 __all__ = ["MaskedAutoencoder", "MaskedAutoencoderConfig", "masked_mean", "patchify"]
 
-EVAL_MASK_SEED = 0
 MIN_PATCHES = 16  # "auto" masking patches of a non-ViT image: the largest side giving at least this many
 
 
@@ -141,7 +140,7 @@ class MaskedAutoencoder(Task):
             return
         out = sum(size for _, _, size in self.columns) if self.mode == "table" else int(torch.Size(
             self.spec.input_shape).numel())
-        model.pretext = _mlp_decoder(_feature_size(model), c.decoder_width, out)
+        model.pretext = _mlp_decoder(feature_size(model), c.decoder_width, out)
 
     def patch_size(self, model) -> int:
         if self._vit(model):
@@ -241,20 +240,20 @@ class MaskedAutoencoder(Task):
 
     def evaluation_step(self, model, batch) -> StepOutput:
         x, _ = batch
-        loss, per_sample = self.masked_loss(model, x, EVAL_MASK_SEED)
+        loss, per_sample = self.masked_loss(model, x, EVAL_SEED)
         return StepOutput(loss, len(x), per_sample)
 
     def predict(self, outputs):
-        raise pretraining_predict_error("masked_autoencoder")
+        raise predict_error("masked_autoencoder")
 
     def evaluator(self, eval_cfg):
-        return _MaskedLoss()
+        return MeanEvaluator("masked_loss", "samples")
 
     @torch.no_grad()
     def reconstructions(self, model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Images (B, C, H, W) as the model reads them -> (the masked inputs, the reconstructions), in
         pixels [0, 1]: hidden patches shown grey, visible ones pasted over the prediction (MAE Fig. 2)."""
-        generator = torch.Generator().manual_seed(EVAL_MASK_SEED)
+        generator = torch.Generator().manual_seed(EVAL_SEED)
         pixels = self.preprocessing.inputs.denormalize_pixels
         height, width = x.shape[-2:]
         if self._vit(model):
@@ -271,22 +270,6 @@ class MaskedAutoencoder(Task):
             rebuilt = torch.where(hidden, prediction, x)
         masked = pixels(x.float()).masked_fill(hidden, 0.5)
         return masked, pixels(rebuilt).clamp(0, 1)
-
-
-class _MaskedLoss:
-    """Streams the per-sample loss over hidden positions (its mean is the ``masked_loss`` metric)."""
-
-    def __init__(self):
-        self.total, self.count = 0.0, 0
-
-    def update(self, outputs, y=None, x=None) -> None:
-        self.total += float(outputs.float().sum())
-        self.count += outputs.numel()
-
-    def compute(self, class_names=None):
-        from .evaluation import EvalResult
-
-        return EvalResult({"masked_loss": self.total / max(self.count, 1)}, {"samples": self.count})
 
 
 def _columns(spec) -> list[tuple[list[int], str, int]]:

@@ -27,11 +27,10 @@ from torch import nn
 from ..core.config import TaskConfig
 from ..core.errors import ConfigError
 from . import StepOutput, Task, register_task
-from .contrastive import pretraining_predict_error, view_seed
+from .pretext import EVAL_SEED, MeanEvaluator, predict_error, view_seed
 
 __all__ = ["MaskedLM", "MaskedLMConfig", "mask_tokens"]
 
-EVAL_MASK_SEED = 0
 IGNORE = -100  # cross-entropy's ignore_index: positions that were not chosen
 
 
@@ -57,20 +56,6 @@ def mask_tokens(x: torch.Tensor, ratio: float, mask_id: int, vocab: int, pad_id:
     inputs = torch.where(chosen & (action < 0.8), torch.full_like(x, mask_id), x)
     inputs = torch.where(chosen & (action >= 0.8) & (action < 0.9), random_ids, inputs)
     return inputs, torch.where(chosen, x, torch.full_like(x, IGNORE))
-
-
-class _MaskedAccuracy:
-    def __init__(self):
-        self.correct, self.count = 0.0, 0.0
-
-    def update(self, outputs, y=None, x=None) -> None:  # outputs: (2,) correct and chosen counts
-        self.correct += float(outputs[0])
-        self.count += float(outputs[1])
-
-    def compute(self, class_names=None):
-        from .evaluation import EvalResult
-
-        return EvalResult({"masked_accuracy": self.correct / max(self.count, 1)}, {"tokens": int(self.count)})
 
 
 @register_task("masked_lm")
@@ -107,6 +92,7 @@ class MaskedLM(Task):
                                       nn.Linear(width, int(self.spec.vocab_size)))
 
     def _step(self, model, x, seed):
+        """(loss over chosen positions, how many were chosen, whether each chosen one was predicted right)."""
         generator = torch.Generator().manual_seed(seed)
         pad = self.pad_id if self.mask_id != self.pad_id else None  # BPE: <pad> is the mask, padded blocks are rare
         inputs, labels = mask_tokens(x, self.config.mask_ratio, self.mask_id, int(self.spec.vocab_size), pad,
@@ -114,21 +100,21 @@ class MaskedLM(Task):
         logits = model.pretext(model.forward_sequence(inputs)).float()  # (B, T, V)
         loss = F.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
         chosen = labels != IGNORE
-        correct = ((logits.detach().argmax(-1) == labels) & chosen).sum()
-        return loss, chosen.sum(), correct
+        hits = logits.detach().argmax(-1)[chosen] == labels[chosen]
+        return loss, chosen.sum(), hits
 
     def training_step(self, model, batch, ctx) -> StepOutput:
         x, _ = batch
-        loss, chosen, correct = self._step(model, x, view_seed(self.train_cfg, ctx))
-        return StepOutput(loss, len(x), None, {"masked_accuracy": correct.float() / chosen.clamp(min=1) * len(x)})
+        loss, chosen, hits = self._step(model, x, view_seed(self.train_cfg, ctx))
+        return StepOutput(loss, len(x), None, {"masked_accuracy": hits.float().sum() / chosen.clamp(min=1) * len(x)})
 
     def evaluation_step(self, model, batch) -> StepOutput:
         x, _ = batch
-        loss, chosen, correct = self._step(model, x, EVAL_MASK_SEED)
-        return StepOutput(loss, len(x), torch.stack([correct.float(), chosen.float()]))
+        loss, _, hits = self._step(model, x, EVAL_SEED)
+        return StepOutput(loss, len(x), hits)
 
     def predict(self, outputs):
-        raise pretraining_predict_error("masked_lm")
+        raise predict_error("masked_lm")
 
     def evaluator(self, eval_cfg):
-        return _MaskedAccuracy()
+        return MeanEvaluator("masked_accuracy", "tokens")
