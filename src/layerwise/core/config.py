@@ -65,7 +65,7 @@ class DataConfig(Section):
     """Keys every data source accepts; each source's schema adds its own (``path``, ``name``...)."""
 
     source: str = Field("builtin", description="where the data comes from: builtin, csv, parquet, idx, synthetic, "
-                        "image_folder, npz, timeseries, text")
+                        "image_folder, npz, timeseries, text, pairs")
     val_fraction: float = Field(0.1, ge=0, lt=1, description="share of the training data held out for validation")
     test_fraction: float = Field(
         0.2, ge=0, lt=1, description="share held out for testing, when the source has no test split of its own"

@@ -22,13 +22,14 @@ class DataSpec:
     Input kinds: ``tabular`` (F,) floats, ``image`` (C, H, W) uint8, ``video`` (T, C, H, W) uint8
     frames, ``sequence`` (T, F) floats, ``tokens`` (T,) integer ids; each is a module of
     ``layerwise.data.kinds`` (``input_kind(spec)``). Models declare the kinds they accept.
-    Targets: ``class`` (one label per sample), ``numeric`` (``num_targets`` values per sample) or
-    ``token`` (a language model: the next token at every position, ``vocab_size`` classes).
+    Targets: ``class`` (one label per sample), ``numeric`` (``num_targets`` values per sample),
+    ``token`` (a language model: the next token at every position, ``vocab_size`` classes) or
+    ``caption`` (image-text pairs, ``data/pairs.py``: a class index or -1, then the caption's ids).
     """
 
     kind: str
     input_shape: tuple[int, ...]  # one sample, without the batch dimension
-    target: Literal["class", "numeric", "token"]
+    target: Literal["class", "numeric", "token", "caption"]
     num_classes: int | None = None
     class_names: list[str] | None = None
     num_targets: int | None = None
@@ -54,7 +55,9 @@ class DataSpec:
     @property
     def num_outputs(self) -> int:
         """Width of the head: classes, numeric targets, or the vocabulary (next-token logits)."""
-        sizes = {"class": self.num_classes, "numeric": self.num_targets, "token": self.vocab_size}
+        # image-text pairs: the image family's head is unused (the task projects its features), sized as classes
+        sizes = {"class": self.num_classes, "numeric": self.num_targets, "token": self.vocab_size,
+                 "caption": self.num_classes or 1}
         return int(sizes[self.target])  # type: ignore[arg-type]
 
     def to_dict(self) -> dict[str, Any]:

@@ -177,6 +177,8 @@ def infer_task(spec, model_cls=None, source_cls=None) -> str:
             return implied
     if spec.target == "token":
         return "language_model"
+    if spec.target == "caption":  # image-text pairs
+        return "clip"
     return "classification" if spec.target == "class" else "regression"
 
 

@@ -54,7 +54,8 @@ def embeds(run) -> bool:
 def check_encoder(run, verb: str = "embed") -> None:
     if not encodes(run) and not (verb == "embed" and embeds(run)):
         families = " or ".join(families_with(LatentEncoder))
-        also = " or a run whose task learns an embedding (prototypical, contrastive, masked_autoencoder, masked_lm)" \
+        also = " or a run whose task learns an embedding (prototypical, contrastive, masked_autoencoder, masked_lm, " \
+            "clip)" \
             if verb == "embed" else ""
         raise RunError(f"{verb}: {run.path} is a '{run.config.task}' run; {verb} needs an {families} run "
                        f"(model.family: {families}){also}")
@@ -83,13 +84,16 @@ def _codes(run, x: torch.Tensor) -> np.ndarray:
     model = run.model.cpu().eval()
     loader = BatchLoader(Split(x, torch.zeros(len(x), dtype=torch.long)), run.config.evaluate.batch_size,
                          transform=run.preprocessing.inputs.batch, device=torch.device("cpu"))
-    encode = encode_codes if encodes(run) else (lambda m, xb: m.forward_features(xb).flatten(1))  # few-shot: features
+    # a task that learns an embedding says what it is (image-text: the joint space), else the features
+    encode = encode_codes if encodes(run) else getattr(run.task, "embed", None) or (
+        lambda m, xb: m.forward_features(xb).flatten(1))
     parts = [encode(model, xb).float() for xb, _ in loader]
     return torch.cat(parts).numpy() if parts else np.zeros((0, 0), dtype=np.float32)
 
 
 class EmbedOptions(ToolOptions):
-    inputs: Any = option(..., "the inputs to encode: any form predict reads (a file, folder, frame or array)",
+    inputs: Any = option(..., "the inputs to encode: any form predict reads (a file, folder, frame or array); "
+                         "for an image-text (clip) run also a .txt file of captions, one per line",
                          argument=True, metavar="INPUT")
     out: Path | None = option(None, "a CSV of id, z0, z1, ... (Python: none unless given)",
                               cli_default=Path("codes.csv"))
@@ -104,18 +108,29 @@ def embed(run, options: EmbedOptions) -> EmbedResult:
     check_encoder(run)
     from ..data.inputs import read_inputs
 
-    inputs = read_inputs(source, _LabelsAsGiven(run))
-    result = EmbedResult(inputs.ids, _codes(run, inputs.split.x))
+    if _captions(run, source):  # an image-text run: a text file of captions, one per line
+        texts = [line for line in Path(source).read_text(encoding="utf-8").splitlines() if line.strip()]
+        with torch.no_grad():
+            codes = run.task.embed_texts(run.model.cpu().eval(), texts).numpy()
+        result = EmbedResult([f"line {i + 1}" for i in range(len(texts))], codes)
+    else:
+        inputs = read_inputs(source, _LabelsAsGiven(run))
+        result = EmbedResult(inputs.ids, _codes(run, inputs.split.x))
     if out is not None:
         import pandas as pd
 
         from ..core.io import atomic_write
 
         frame = pd.DataFrame(result.codes, columns=[f"z{j}" for j in range(result.codes.shape[1])])
-        frame.insert(0, "id", inputs.ids)
+        frame.insert(0, "id", result.ids)
         result.path = Path(out)
         atomic_write(result.path, lambda tmp: frame.to_csv(tmp, index=False))
     return result
+
+
+def _captions(run, source: Any) -> bool:
+    return callable(getattr(run.task, "embed_texts", None)) and isinstance(source, (str, Path)) \
+        and Path(source).suffix.lower() == ".txt" and Path(source).is_file()
 
 
 def _scatter(codes: np.ndarray, labels: np.ndarray, class_names: list[str]) -> str:

@@ -29,8 +29,8 @@ class Inputs:
 
 def encode_labels(labels: Any, run: Any, origin: str, n: int) -> torch.Tensor:
     """Labels as the run's targets encode them; none given: -1 (classes) or NaN (values) for ``n`` samples."""
-    if labels is None:
-        if run.spec.target == "class":
+    if labels is None or run.spec.target == "caption":  # image-text runs embed inputs: their labels are unused
+        if run.spec.target in ("class", "caption"):
             return torch.full((n,), -1, dtype=torch.long)
         return torch.full((n, run.spec.num_targets), float("nan"))
     if run.spec.target == "numeric":

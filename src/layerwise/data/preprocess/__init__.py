@@ -53,11 +53,13 @@ def preprocessor_from_dict(data: dict[str, Any]):
 class Preprocessing:
     """Everything fitted on the training split: input preprocessing, class names, target transform."""
 
-    def __init__(self, inputs: Any, target: str, classes: list | None = None, scaler: TargetTransform | None = None):
+    def __init__(self, inputs: Any, target: str, classes: list | None = None, scaler: TargetTransform | None = None,
+                 captions: Any = None):
         self.inputs = inputs  # TabularPreprocessor | ImagePreprocessor | ...
-        self.target = target  # "class" | "numeric"
+        self.target = target  # "class" | "numeric" | "token" | "caption"
         self.classes = classes  # original label values, index = class id
         self.scaler = scaler  # regression targets: the model learns scaler.transform(y)
+        self.captions = captions  # image-text pairs: the captions' tokenizer (a TextPreprocessor)
 
     def encode_labels(self, y: np.ndarray, origin: str) -> np.ndarray:
         if self.target == "numeric":
@@ -77,12 +79,14 @@ class Preprocessing:
     def to_dict(self) -> dict[str, Any]:
         return {"inputs": self.inputs.to_dict(), "target": self.target,
                 "classes": None if self.classes is None else [_plain(c) for c in self.classes],
-                "scaler": None if self.scaler is None else self.scaler.to_dict()}
+                "scaler": None if self.scaler is None else self.scaler.to_dict(),
+                **({"captions": self.captions.to_dict()} if self.captions is not None else {})}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Preprocessing":
         scaler = TargetTransform.from_dict(data["scaler"]) if data.get("scaler") else None
-        return cls(preprocessor_from_dict(data["inputs"]), data["target"], data.get("classes"), scaler)
+        captions = preprocessor_from_dict(data["captions"]) if data.get("captions") else None
+        return cls(preprocessor_from_dict(data["inputs"]), data["target"], data.get("classes"), scaler, captions)
 
 
 def _key(value: Any) -> str:
