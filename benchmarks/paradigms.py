@@ -25,9 +25,10 @@
     ways on the test pairs and zero-shot accuracy from class-name prompts, for the trained model and
     for the same two encoders with random weights, beside chance.
 
-(e) Split-MNIST continual learning is benchmarks/continual.py.
+(e) Split-MNIST continual learning (naive, EWC and replay against joint training): benchmarks/continual.py,
+    run with its defaults by ``--parts e``.
 
-    python benchmarks/paradigms.py --parts a,b,c,d [--mnist ../shared/data/mnist]
+    python benchmarks/paradigms.py --parts a,b,c,d,e [--mnist ../shared/data/mnist]
 """
 
 from __future__ import annotations
@@ -187,7 +188,7 @@ def image_text(runs: Path, seeds: list[int]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", default="a,b,c,d", help="comma-separated parts to run: a, b, c, d")
+    parser.add_argument("--parts", default="a,b,c,d,e", help="comma-separated parts to run: a, b, c, d, e")
     parser.add_argument("--mnist", type=Path, default=ROOT.parent / "shared" / "data" / "mnist")
     parser.add_argument("--runs", type=Path, default=Path("/tmp/layerwise-paradigms"))
     parser.add_argument("--epochs", type=int, default=10)
@@ -198,9 +199,9 @@ def main() -> None:
     parser.add_argument("--pretrain-rows", type=int, default=10000, help="(b) MNIST training images pretrained on")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
-    unknown = parts - {"a", "b", "c", "d"}
+    unknown = parts - {"a", "b", "c", "d", "e"}
     if unknown:
-        parser.error(f"parts not built yet: {', '.join(sorted(unknown))}; built: a, b, c, d (e: benchmarks/continual.py)")
+        parser.error(f"unknown parts: {', '.join(sorted(unknown))}; the parts are a, b, c, d, e")
     if "c" in parts:
         image_text(args.runs, [0, 1, 2])
     if "a" in parts:
@@ -209,6 +210,12 @@ def main() -> None:
         self_supervised(args.mnist, args.runs, args.ssl_epochs, args.pretrain_rows)
     if "d" in parts:
         few_shot(args.mnist, args.runs, args.epochs, args.episodes)
+    if "e" in parts:  # its own script, with its own options (benchmarks/continual.py --help)
+        import subprocess
+        import sys
+
+        subprocess.run([sys.executable, str(ROOT / "benchmarks" / "continual.py"), "--mnist", str(args.mnist)],
+                       check=True)
 
 
 if __name__ == "__main__":
