@@ -163,7 +163,8 @@ def image_text(runs: Path, seeds: list[int]) -> None:
 
     config = yaml.safe_load((ROOT / "examples" / "clip_digits.yaml").read_text())  # the example, as written
     config["data"]["path"] = str(ROOT / "examples" / "data" / "digit_pairs" / "captions.csv")
-    keys = ["i2t_recall_1", "i2t_recall_5", "t2i_recall_1", "t2i_recall_5", "zero_shot_accuracy"]
+    keys = ["i2t_recall_1", "i2t_recall_5", "t2i_recall_1", "t2i_recall_5", "i2t_class_recall_1", "t2i_class_recall_1",
+            "zero_shot_accuracy"]
     trained, untrained, chance = [], [], []
     for seed in seeds:
         config["train"] = {**config["train"], "seed": seed, "progress": False}
@@ -178,12 +179,14 @@ def image_text(runs: Path, seeds: list[int]) -> None:
         untrained.append([result[k] for k in keys])
     print(f"\n(c) image-text pairs of examples/data/digit_pairs (captions generated from the labels), test split of "
           f"{len(run.data.test)} pairs; a match is an identical caption; mean over seeds {seeds}\n")
-    print("| model | i2t recall@1 | i2t recall@5 | t2i recall@1 | t2i recall@5 | zero-shot accuracy |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| model | i2t recall@1 | i2t recall@5 | t2i recall@1 | t2i recall@5 | i2t class recall@1 | "
+          "t2i class recall@1 | zero-shot accuracy |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, rows in (("CLIP, CNN + transformer (trained)", trained), ("same encoders, random weights", untrained)):
         print(f"| {name} | " + " | ".join(f"{v:.3f}" for v in np.mean(rows, axis=0)) + " |")
     c = float(np.mean(chance))
-    print(f"| chance | {c:.3f} | – | {c:.3f} | – | {1 / len(run.spec.class_names):.3f} |")
+    share = 1 / len(run.spec.class_names)  # stratified: each class about equally present
+    print(f"| chance | {c:.3f} | – | {c:.3f} | – | {share:.3f} | {share:.3f} | {share:.3f} |")
 
 
 def main() -> None:
