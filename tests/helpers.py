@@ -20,11 +20,30 @@ import pytest
 import torch
 import yaml
 
+from layerwise.core.callback import Callback
 from layerwise.data.spec import DataSpec
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 MNIST = SHARED_DATA / "mnist"
+
+
+# -- interrupted runs ------------------------------------------------------------------------
+
+
+class Killed(BaseException):
+    """Not an Exception: nothing in the loop may catch it, as nothing catches a SIGKILL."""
+
+
+class KillAt(Callback):
+    """Dies at optimizer step ``step``: the steps since the last checkpoint are lost, as in a crash."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_batch_end(self, trainer, logs) -> None:
+        if trainer.global_step == self.step:
+            raise Killed
 
 
 # -- configs ---------------------------------------------------------------------------------

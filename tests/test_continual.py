@@ -10,11 +10,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import assert_one_line_error, assert_same_weights, cli_in_process, run_dirs, weights, write_yaml
+from helpers import (Killed, KillAt, assert_one_line_error, assert_same_weights, cli_in_process, run_dirs, weights,
+                     write_yaml)
 
 import layerwise
 from layerwise import ConfigError
-from layerwise.core.callback import Callback
 from layerwise.data.experiences import ExperienceLoader
 from layerwise.data.spec import Split
 from layerwise.tasks.continual import (
@@ -214,19 +214,6 @@ def test_naive_fine_tuning_forgets_and_replay_keeps_the_past(runs):
     assert naive["forgetting"] > 0.7 and naive["average_accuracy"] < 0.35
     assert replay["average_accuracy"] > naive["average_accuracy"] + 0.3
     assert replay["forgetting"] < naive["forgetting"] - 0.3
-
-
-class Killed(BaseException):
-    """Not an Exception: nothing in the loop may catch it, as nothing catches a SIGKILL."""
-
-
-class KillAt(Callback):
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_batch_end(self, trainer, logs) -> None:
-        if trainer.global_step == self.step:
-            raise Killed
 
 
 def test_a_killed_ewc_run_resumes_to_the_same_weights(tmp_path):

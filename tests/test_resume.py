@@ -12,25 +12,12 @@ from __future__ import annotations
 import pytest
 import torch
 import yaml
-from helpers import assert_same_weights, weights
+from helpers import Killed, KillAt, assert_same_weights, weights
 
 import layerwise
 from layerwise.core.callback import Callback
 from layerwise.core.errors import ConfigError
 from layerwise.train.optim import OPTIMIZERS, SCHEDULERS
-
-
-class Killed(BaseException):
-    """Not an Exception: nothing in the loop may catch it, as nothing catches a SIGKILL."""
-
-
-class KillAt(Callback):
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_batch_end(self, trainer, logs) -> None:
-        if trainer.global_step == self.step:
-            raise Killed
 
 
 def _config(name: str, scheduler: str = "onecycle", optimizer: str = "adamw", **train) -> dict:

@@ -10,12 +10,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import assert_one_line_error, assert_same_weights, cli, quick_train, weights
+from helpers import Killed, KillAt, assert_one_line_error, assert_same_weights, cli, quick_train, weights
 from safetensors import safe_open
 
 import layerwise
 from layerwise import ConfigError
-from layerwise.core.callback import Callback
 from layerwise.data.views import corrupt_features, mask_patches
 from layerwise.tasks.contrastive import nt_xent
 from layerwise.tasks.masked_autoencoder import masked_mean
@@ -119,19 +118,6 @@ def test_simclr_pretraining_saves_its_projection_and_fine_tuning_starts_from_its
     assert not hasattr(tuned.model, "pretext")  # the projection head stays behind
     pre, new = dict(run.model.named_parameters()), dict(tuned.model.named_parameters())
     assert all(torch.equal(new[k], pre[k]) for k in new if k.startswith("body."))  # loaded, then frozen
-
-
-class Killed(BaseException):
-    """Not an Exception: nothing in the loop may catch it, as nothing catches a SIGKILL."""
-
-
-class KillAt(Callback):
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_batch_end(self, trainer, logs) -> None:
-        if trainer.global_step == self.step:
-            raise Killed
 
 
 def test_byol_resumes_its_moving_average_target_exactly(tmp_path):

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from ..core.errors import ConfigError
+from .loader import batch_seed
 from .spec import Split
 
 __all__ = ["ExperienceLoader"]
@@ -106,7 +107,7 @@ class ExperienceLoader:
             x, y = self.split.x[torch.from_numpy(index)], self.split.y[torch.from_numpy(index)]
             x, y = x.to(self.device), y.to(self.device)
             if self.transform is not None:  # augmentation seeded like BatchLoader's: a resume augments alike
-                x = self.transform(x, True, (self.seed * 1_000_003 + self.epoch) * 100_003 + b)
+                x = self.transform(x, True, batch_seed(self.seed, self.epoch, b))
             yield x, y
         self.start_batch = 0
 

@@ -16,19 +16,29 @@ from .spec import RawData
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
-class ImageFolderConfig(DataConfig):
-    source: Literal["image_folder"] = "image_folder"
-    path: str = Field(..., description="folder with one sub-folder of images per class")
+class ImageFilesConfig(DataConfig):
+    """Keys of every source that reads image files (an image folder, image-caption pairs)."""
+
     image_size: tuple[int, int] | int = Field(32, description="resize every image to this (height, width)")
     channels: Literal["auto", 1, 3] = Field("auto", description="1 (grayscale), 3 (RGB), or auto from the first image")
 
     @model_validator(mode="after")
-    def _positive_size(self) -> ImageFolderConfig:
+    def _positive_size(self) -> ImageFilesConfig:
         sizes = (self.image_size,) if isinstance(self.image_size, int) else self.image_size
         if min(sizes) < 1:
             raise ValueError(f"data.image_size: sizes must be at least 1 pixel; received {self.image_size!r}; "
                              f"give a size such as 32 or [32, 32]")
         return self
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """``image_size`` as (height, width)."""
+        return (self.image_size, self.image_size) if isinstance(self.image_size, int) else tuple(self.image_size)
+
+
+class ImageFolderConfig(ImageFilesConfig):
+    source: Literal["image_folder"] = "image_folder"
+    path: str = Field(..., description="folder with one sub-folder of images per class")
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -101,7 +111,6 @@ class ImageFolderSource(DataSource):
         classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
         if len(classes) < 2:
             raise DataError(f"{root}: found {len(classes)} class sub-folder(s); an image folder needs one sub-folder per class, at least two")
-        size = (cfg.image_size, cfg.image_size) if isinstance(cfg.image_size, int) else tuple(cfg.image_size)
         files, labels = [], []
         for name in classes:
             found = image_files(root / name)
@@ -110,5 +119,5 @@ class ImageFolderSource(DataSource):
             files += found
             # the folder names are the label values, so new folders of the same classes map back to them
             labels += [name] * len(found)
-        pixels = load_images(files, size, cfg.channels)
+        pixels = load_images(files, cfg.size, cfg.channels)
         return RawData("image", pixels, np.array(labels), target="class", origin=str(root))

@@ -14,7 +14,18 @@ import torch
 
 from .spec import Split
 
-__all__ = ["BatchLoader"]
+__all__ = ["BatchLoader", "epoch_seed", "batch_seed"]
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of epoch ``epoch``'s order: a pure function of the run's seed and the epoch."""
+    return seed * 1_000_003 + epoch
+
+
+def batch_seed(seed: int, epoch: int, batch: int) -> int:
+    """The seed of one training batch's randomness (its augmentation): a pure function of the run's
+    seed, the epoch and the batch, so a run resumed mid-epoch draws what it would have drawn."""
+    return epoch_seed(seed, epoch) * 100_003 + batch
 
 
 class BatchLoader:
@@ -50,7 +61,7 @@ class BatchLoader:
 
     def _order(self) -> torch.Tensor | None:
         n = len(self.split)
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        gen = torch.Generator().manual_seed(epoch_seed(self.seed, self.epoch))
         if self.weights is not None:
             return torch.multinomial(self.weights, n, replacement=True, generator=gen)
         if self.shuffle:
@@ -75,7 +86,7 @@ class BatchLoader:
                 x = x.to(self.device, non_blocking=True)
                 y = y.to(self.device, non_blocking=True)
             if self.transform is not None:
-                seed = (self.seed * 1_000_003 + self.epoch) * 100_003 + b if self.train else None
+                seed = batch_seed(self.seed, self.epoch, b) if self.train else None
                 x = self.transform(x, self.train, seed)
             yield x, y
         self.start_batch = 0

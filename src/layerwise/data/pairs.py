@@ -22,9 +22,9 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from ..core.config import DataConfig
 from ..core.errors import DataError
 from . import DataSource, register_source, where
+from .images import ImageFilesConfig
 from .spec import DataBundle, DataSpec, Split
 
 __all__ = ["PairsConfig", "PairsSource", "NO_LABEL"]
@@ -32,7 +32,7 @@ __all__ = ["PairsConfig", "PairsSource", "NO_LABEL"]
 NO_LABEL = -1
 
 
-class PairsConfig(DataConfig):
+class PairsConfig(ImageFilesConfig):
     source: Literal["pairs"] = "pairs"
     path: str = Field(..., description="CSV with an image path and a caption per row")
     images: str | None = Field(None, description="folder the image paths are relative to (default: the CSV's folder)")
@@ -40,8 +40,6 @@ class PairsConfig(DataConfig):
     caption_column: str = Field("caption", description="column of captions")
     label_column: str | None = Field(None, description="optional column of class labels: zero-shot accuracy and "
                                      "stratified splits")
-    image_size: tuple[int, int] | int = Field(32, description="resize every image to this (height, width)")
-    channels: Literal["auto", 1, 3] = Field("auto", description="1 (grayscale), 3 (RGB), or auto from the first image")
     tokenizer: Literal["char", "bpe"] = Field("char", description="caption tokens: characters, or byte-level BPE")
     vocab_size: int = Field(512, ge=257, description="bpe: vocabulary size (256 bytes + <pad> + merges)")
     max_length: int = Field(32, ge=1, description="caption tokens kept (left-padded; longer captions keep their start)")
@@ -86,8 +84,7 @@ class PairsSource(DataSource):
 
         y_split = labels if labels is not None else np.zeros(len(frame))
         train_idx, val_idx, test_idx = split_rows(y_split, "class" if labels is not None else "numeric", cfg)
-        size = (cfg.image_size, cfg.image_size) if isinstance(cfg.image_size, int) else tuple(cfg.image_size)
-        pixels = load_images(files, size, cfg.channels)
+        pixels = load_images(files, cfg.size, cfg.channels)
         fitted = fit_pixels(pixels, train_idx, cfg)
         tokenizer = TextPreprocessor(cfg.tokenizer, cfg.lowercase, cfg.vocab_size, max_length=cfg.max_length)
         tokenizer.fit("\n".join(captions[i] for i in train_idx))

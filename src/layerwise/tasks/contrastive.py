@@ -168,12 +168,11 @@ class Contrastive(Task):
         if trainer.global_step == 0 or trainer.batch_in_epoch % trainer.cfg.accumulate:
             return
         pretext, keep = model.pretext, self.config.momentum
-        online = dict(model.named_parameters())
+        online, buffers = dict(model.named_parameters()), dict(model.named_buffers())
         for target, source in ((pretext.target_encoder, ""), (pretext.target_projector, "pretext.projector.")):
             names = [name for name, _ in target.named_parameters()]
             torch._foreach_lerp_([p for _, p in target.named_parameters()],
                                  [online[source + name] for name in names], 1 - keep)
-            buffers = dict(model.named_buffers())
             for name, buffer in target.named_buffers():
                 buffer.copy_(buffers[source + name])  # batch-norm statistics follow the online network
 

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..core.errors import ConfigError
+from ..data.loader import batch_seed
 
 __all__ = ["view_seed", "feature_size", "predict_error", "MeanEvaluator", "EVAL_SEED"]
 
@@ -21,8 +22,8 @@ EVAL_SEED = 0  # evaluation views and masks: the same every time, so losses comp
 def view_seed(train_cfg, ctx) -> int:
     """A training batch's seed for its views or masks: a pure function of the run's seed, the epoch and
     the batch, so a resumed run draws what it would have drawn."""
-    trainer = ctx.trainer
-    return (train_cfg.seed * 1_000_003 + trainer.epoch) * 100_003 + trainer.batch_in_epoch + 7
+    # offset from the loader's augmentation seed of the same batch, so the two draw different streams
+    return batch_seed(train_cfg.seed, ctx.trainer.epoch, ctx.trainer.batch_in_epoch) + 7
 
 
 @torch.no_grad()

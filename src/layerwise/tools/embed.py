@@ -29,7 +29,7 @@ from ..models.abilities import LatentEncoder, families_with, has_ability
 from ..runs.tools import ToolOptions, option, register_tool
 from .anomaly import _LabelsAsGiven
 
-__all__ = ["EmbedResult", "decode_codes", "embed", "encode_codes"]
+__all__ = ["EmbedResult", "class_scatter", "decode_codes", "embed", "encode_batches", "encode_codes"]
 
 
 @dataclass
@@ -77,18 +77,23 @@ def decode_codes(run, model: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _codes(run, x: torch.Tensor) -> np.ndarray:
+def encode_batches(run, x: torch.Tensor, encode) -> np.ndarray:
+    """Stored inputs (N, ...) -> ``encode(batch)`` of each preprocessed batch, flattened: (N, D) on the CPU."""
     from ..data.loader import BatchLoader
     from ..data.spec import Split
 
-    model = run.model.cpu().eval()
     loader = BatchLoader(Split(x, torch.zeros(len(x), dtype=torch.long)), run.config.evaluate.batch_size,
                          transform=run.preprocessing.inputs.batch, device=torch.device("cpu"))
+    parts = [encode(xb).flatten(1).float() for xb, _ in loader]
+    return torch.cat(parts).numpy() if parts else np.zeros((0, 0), dtype=np.float32)
+
+
+def _codes(run, x: torch.Tensor) -> np.ndarray:
+    model = run.model.cpu().eval()
     # a task that learns an embedding says what it is (image-text: the joint space), else the features
     encode = encode_codes if encodes(run) else getattr(run.task, "embed", None) or (
-        lambda m, xb: m.forward_features(xb).flatten(1))
-    parts = [encode(model, xb).float() for xb, _ in loader]
-    return torch.cat(parts).numpy() if parts else np.zeros((0, 0), dtype=np.float32)
+        lambda m, xb: m.forward_features(xb))
+    return encode_batches(run, x, lambda xb: encode(model, xb))
 
 
 class EmbedOptions(ToolOptions):
@@ -134,8 +139,6 @@ def _captions(run, source: Any) -> bool:
 
 
 def _scatter(codes: np.ndarray, labels: np.ndarray, class_names: list[str]) -> str:
-    from ..core.sections import figure_html, pyplot
-
     if codes.shape[1] > 2:
         from sklearn.decomposition import PCA
 
@@ -144,17 +147,29 @@ def _scatter(codes: np.ndarray, labels: np.ndarray, class_names: list[str]) -> s
         view, axes_names = codes, ("z0", "z1")
     else:  # a 1-D latent: spread the classes along the y axis so the points do not overlap
         view, axes_names = np.stack([codes[:, 0], labels.astype(float)], 1), ("z0", "class")
+    return class_scatter(view, labels, class_names, "test codes in 2-D, coloured by class", axes_names)
+
+
+def class_scatter(points: np.ndarray, labels: np.ndarray, class_names: list, alt: str,
+                  axes_names: tuple[str, str] | None = None) -> str:
+    """2-D points (N, 2) coloured by class; ``axes_names`` None: a map whose axes mean nothing (t-SNE)."""
+    from ..core.sections import figure_html, pyplot
+
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     cmap = plt.get_cmap("tab10" if len(class_names) <= 10 else "tab20")
     for k, name in enumerate(class_names):
         mask = labels == k
         if mask.any():
-            ax.scatter(view[mask, 0], view[mask, 1], s=8, color=cmap(k % cmap.N), label=str(name), alpha=0.8)
-    ax.set_xlabel(axes_names[0])
-    ax.set_ylabel(axes_names[1])
+            ax.scatter(points[mask, 0], points[mask, 1], s=8, color=cmap(k % cmap.N), label=str(name), alpha=0.8)
+    if axes_names is None:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    else:
+        ax.set_xlabel(axes_names[0])
+        ax.set_ylabel(axes_names[1])
     ax.legend(fontsize=7, markerscale=1.5, loc="best", ncol=2 if len(class_names) > 6 else 1)
-    return figure_html(fig, "test codes in 2-D, coloured by class")
+    return figure_html(fig, alt)
 
 
 def _strip(images: torch.Tensor) -> str:

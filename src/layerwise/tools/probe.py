@@ -31,6 +31,7 @@ from pydantic import field_validator
 from ..core.errors import RunError
 from ..core.sections import register_section
 from ..runs.tools import ToolOptions, option, register_tool
+from .embed import class_scatter, encode_batches
 
 __all__ = ["ProbeResult", "probe", "probe_features", "label_budget"]
 
@@ -110,17 +111,6 @@ def probe_features(z_train: np.ndarray, y_train: np.ndarray, z_test: np.ndarray,
     return rows
 
 
-@torch.no_grad()
-def _embed(encode: Callable[[torch.Tensor], torch.Tensor], run, x: torch.Tensor) -> np.ndarray:
-    from ..data.loader import BatchLoader
-    from ..data.spec import Split
-
-    loader = BatchLoader(Split(x, torch.zeros(len(x), dtype=torch.long)), run.config.evaluate.batch_size,
-                         transform=run.preprocessing.inputs.batch, device=torch.device("cpu"))
-    parts = [encode(xb).flatten(1).float() for xb, _ in loader]
-    return torch.cat(parts).numpy()
-
-
 def _representations(run, with_baselines: bool) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
     model = run.model.cpu().eval()
     found = {"this run's features": model.forward_features}
@@ -171,7 +161,7 @@ def probe(run, options: ProbeOptions) -> ProbeResult:
     x_test, y_test = test.x[: options.max_test], test.y[: options.max_test].numpy()
     rows, embeddings = [], {}
     for name, encode in _representations(run, options.baselines).items():
-        z_train, z_test = _embed(encode, run, x_train), _embed(encode, run, x_test)
+        z_train, z_test = encode_batches(run, x_train, encode), encode_batches(run, x_test, encode)
         embeddings[name] = z_test
         for row in probe_features(z_train, y_train, z_test, y_test, options.budgets, options.neighbours,
                                   options.draws, seed=run.config.data.split_seed):
@@ -205,24 +195,13 @@ def _map(embeddings: np.ndarray, labels: np.ndarray, class_names: list) -> str:
     from sklearn.manifold import TSNE
     from threadpoolctl import threadpool_limits
 
-    from ..core.sections import figure_html, pyplot
-
     n = min(len(labels), MAP_POINTS)
     # one thread: beside torch's pool, t-SNE's OpenMP threads can spin for seconds per iteration
     with threadpool_limits(1):
         points = TSNE(n_components=2, init="pca", perplexity=min(30.0, max(2.0, (n - 1) / 3)),
                       random_state=0).fit_transform(embeddings[:n])
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(5.5, 4.5))
-    cmap = plt.get_cmap("tab10" if len(class_names) <= 10 else "tab20")
-    for k, name in enumerate(class_names):
-        mask = labels[:n] == k
-        if mask.any():
-            ax.scatter(points[mask, 0], points[mask, 1], s=7, color=cmap(k % cmap.N), label=str(name), alpha=0.8)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    ax.legend(fontsize=7, markerscale=1.5, ncol=2 if len(class_names) > 6 else 1)
-    return figure_html(fig, f"t-SNE of {n} test samples' features, coloured by their class (never seen in pretraining)")
+    return class_scatter(points, labels[:n], class_names,
+                         f"t-SNE of {n} test samples' features, coloured by their class (never seen in pretraining)")
 
 
 def _chart(rows: list[dict]) -> str:
